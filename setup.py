@@ -1,0 +1,48 @@
+"""r1ov-jax: a JAX / Flax NNX reimplementation of R1-Onevision (arXiv 2503.10615)."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.6",
+    "flax>=0.11",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "array-record",
+    "tensorflow-datasets",
+    "sentencepiece",
+    "numpy",
+    "einops",
+    "ml-collections",
+    "safetensors",
+    "tokenizers",
+    "pillow",
+    "tqdm",
+    "matplotlib",
+    "tensorboardX",
+    "math-verify",
+]
+
+TEST = [
+    "pytest",
+    # Parity references only; never imported by the library. CI installs the CPU build of torch first.
+    "torch",
+    "transformers>=5.0",
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+]
+
+setup(
+    name="r1ov-jax",
+    version="0.1.0",
+    description="R1-Onevision in JAX: Qwen2.5-VL in Flax NNX, formalization data, SFT and GRPO",
+    python_requires=">=3.10",
+    # Our Pallas kernels live in ./kernels but are installed as `r1ov_kernels`: an unrelated PyPI package
+    # called `kernels` exists and transformers imports it when present.
+    packages=find_packages(include=["r1ov_jax", "r1ov_jax.*"]) + ["r1ov_kernels"],
+    package_dir={"r1ov_kernels": "kernels"},
+    install_requires=RUNTIME,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["r1ov = r1ov_jax.cli:main"]},
+)
