@@ -1,0 +1,117 @@
+"""THE attention call of r1ov-jax.
+
+Every attention in the project (vision windows, vision full attention, the text decoder, KV-cache decode)
+goes through :func:`attention`. One masking vocabulary covers all of them:
+
+* ``q_segment_ids`` / ``kv_segment_ids`` (int32 ``[b, t]``): a query attends to a key only when both carry the
+  same segment id and that id is non-zero. Id 0 means padding. This expresses left padding, packed sequences,
+  vision windows (one id per window) and per-image full attention, with no dense mask handed in.
+* ``causal`` with ``q_positions`` / ``kv_positions`` (int32 ``[b, t]``, default ``arange``): a query at
+  position p sees keys at positions <= p. For decode against a static KV cache, ``q_positions`` holds the
+  cache slots being written and the default ``kv_positions`` are the slot numbers.
+
+A query row with no visible key returns zeros (not NaN).
+
+``impl`` selects the implementation: "xla" (portable einsum path, the reference semantics), "pallas"
+(kernels from ``r1ov_kernels``; interpret mode on CPU) or "auto" (Pallas on TPU/GPU, XLA on CPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "pallas")
+
+
+def make_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    *,
+    causal: bool,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean visibility mask ``[b, tq, tk]`` from segment ids (and positions when causal)."""
+    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids[:, :, None] != 0)
+    if causal:
+        b, tq = q_segment_ids.shape
+        tk = kv_segment_ids.shape[1]
+        if q_positions is None:
+            q_positions = jnp.broadcast_to(jnp.arange(tq, dtype=jnp.int32), (b, tq))
+        if kv_positions is None:
+            kv_positions = jnp.broadcast_to(jnp.arange(tk, dtype=jnp.int32), (b, tk))
+        mask &= kv_positions[:, None, :] <= q_positions[:, :, None]
+    return mask
+
+
+def xla_attention(q, k, v, mask, *, scale: float) -> jax.Array:
+    """Dense attention. q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]``, mask ``[b, tq, tk]`` (bool)."""
+    b, tq, hq, d = q.shape
+    hkv = k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    # GQA: query head j uses kv head j // group, as transformers' repeat_kv does.
+    qg = q.reshape(b, tq, hkv, hq // hkv, d)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32) * scale
+    m = mask[:, None, None, :, :]
+    # Softmax in fp32; fully masked rows become exact zeros instead of NaN or a uniform average.
+    logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1) * jnp.any(m, axis=-1, keepdims=True)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, tq, hq, d).astype(q.dtype)
+
+
+def resolve_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
+    return impl
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    causal: bool = False,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    scale: float | None = None,
+    impl: str = "xla",
+) -> jax.Array:
+    """Multi-head attention with GQA.
+
+    Args:
+      q: ``[b, tq, hq, d]``; k, v: ``[b, tk, hkv, d]`` with ``hq % hkv == 0``.
+      q_segment_ids, kv_segment_ids: int ``[b, tq]`` / ``[b, tk]``; None means one segment everywhere.
+      causal: restrict each query to keys at positions <= its own.
+      q_positions, kv_positions: int ``[b, tq]`` / ``[b, tk]``, only used when causal; default ``arange``.
+      scale: logit scale, default ``d ** -0.5``.
+      impl: "auto" | "xla" | "pallas".
+
+    Returns:
+      ``[b, tq, hq, d]`` in q's dtype (accumulation in fp32).
+    """
+    b, tq, _, d = q.shape
+    tk = k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    if q_segment_ids is None:
+        q_segment_ids = jnp.ones((b, tq), jnp.int32)
+    if kv_segment_ids is None:
+        kv_segment_ids = jnp.ones((b, tk), jnp.int32)
+    impl = resolve_impl(impl)
+    if impl == "pallas":
+        from r1ov_kernels import dispatch  # kernels are optional at import time of the library
+
+        return dispatch.attention(
+            q, k, v,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
+            q_positions=q_positions, kv_positions=kv_positions, scale=scale,
+        )
+    mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
+                     kv_positions=kv_positions)
+    return xla_attention(q, k, v, mask, scale=scale)

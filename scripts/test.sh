@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: sets up ./.venv, then runs the whole suite on CPU.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup_env.sh || { echo "environment setup failed" >&2; exit 1; }
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export JAX_PLATFORMS=cpu
+python -m pytest -q "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+exit "$rc"
