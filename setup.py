@@ -21,6 +21,7 @@ RUNTIME = [
     "matplotlib",
     "tensorboardX",
     "math-verify",
+    "pyarrow",
 ]
 
 TEST = [
