@@ -1,0 +1,188 @@
+"""Load a local HF Qwen2.5-VL folder into the NNX model, and save the model as a folder transformers loads.
+
+Import streams tensor by tensor (``safe_open``), so the host never holds the checkpoint twice; each tensor is
+transformed, cast and placed (on ``sharding_fn(path)`` when given, e.g. the mesh's NamedSharding) before the
+next is read. Export writes ``model-0000k-of-0000n.safetensors`` shards of at most ``max_shard_size`` plus
+``model.safetensors.index.json``, gathering one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_hf, to_ours
+from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+
+# Files copied verbatim from the source folder on export when present.
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+              "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a local HF folder (single file, or the shards named by the index)."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        files = [os.path.join(path, n) for n in names]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are missing: {missing}")
+        return files
+    if os.path.exists(single):
+        return [single]
+    found = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) if os.path.isdir(path) else []
+    if found:
+        return [os.path.join(path, f) for f in found]
+    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or *.safetensors")
+
+
+def abstract_model(cfg: Qwen25VLConfig) -> Qwen25VL:
+    """The model's structure with ShapeDtypeStructs instead of arrays (nothing allocated)."""
+    return nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
+
+
+def flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
+    return {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl: str = "xla",
+                    remat: bool = False, sharding_fn: Callable[[str, tuple], object] | None = None) -> Qwen25VL:
+    """Flax NNX Qwen2.5-VL from a local HF folder.
+
+    Args:
+      path: folder with ``config.json`` and safetensors weights (transformers 4.x or 5.x layouts).
+      dtype: compute dtype; also the parameter dtype unless ``param_dtype`` is given.
+      sharding_fn: optional ``(our_path, shape) -> jax.sharding.Sharding`` placing each tensor as it streams.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    param_dtype = dtype if param_dtype is None else param_dtype
+    cfg = Qwen25VLConfig.from_json(path, dtype=dtype, attn_impl=attn_impl, remat=remat)
+    model = abstract_model(cfg)
+    targets = flat_params(model)
+    loaded: dict[str, jax.Array] = {}
+    errors, unexpected = [], []
+    for file in weight_files(path):
+        with safe_open(file, framework="flax") as f:
+            for name in f.keys():
+                mapped = hf_to_ours(name)
+                if mapped is None:
+                    unexpected.append(name)
+                    continue
+                ours, kind = mapped
+                if ours not in targets:
+                    # e.g. lm_head.weight in a checkpoint of a tied model: transformers ignores it too
+                    if not (ours == "lm_head.kernel" and cfg.tie_word_embeddings):
+                        unexpected.append(name)
+                    continue
+                try:
+                    value = to_ours(f.get_tensor(name), kind, targets[ours].shape).astype(param_dtype)
+                except ValueError as e:
+                    errors.append(f"{os.path.basename(file)}:{name}: {e}")
+                    continue
+                loaded[ours] = jax.device_put(value, sharding_fn(ours, value.shape)) if sharding_fn else value
+    missing = sorted(set(targets) - set(loaded))
+    if missing or unexpected or errors:
+        lines = [f"cannot load {path} into Qwen2.5-VL:"]
+        lines += [f"  missing: {m} (HF name {ours_to_hf(m)[0]})" for m in missing]
+        lines += [f"  unexpected tensor: {u}" for u in unexpected]
+        lines += [f"  {e}" for e in errors]
+        raise ValueError("\n".join(lines))
+    for key, var in targets.items():
+        var.value = loaded[key]
+    model.hf_source = os.path.abspath(path)
+    return model
+
+
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"max_shard_size {size!r}: expected an int or e.g. '5GB', '500MB'")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def _np_dtype_name(dtype) -> str:
+    return {np.dtype(np.float32): "float32", np.dtype(jnp.bfloat16): "bfloat16",
+            np.dtype(np.float16): "float16"}.get(np.dtype(dtype), "float32")
+
+
+def save_pretrained(model: Qwen25VL, out_dir: str, max_shard_size: int | str = "5GB", *,
+                    side_files_from: str | None = None, tokenizer=None) -> str:
+    """Writes ``out_dir`` so that ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` loads it strictly.
+
+    The folder is assembled in a temporary sibling and renamed into place, so a crash never leaves a
+    half-written export under ``out_dir``. Only process 0 should call this in multi-host runs.
+    """
+    cfg = model.cfg
+    limit = parse_size(max_shard_size)
+    params = flat_params(model)
+    # Plan shards from shapes alone; tensors are gathered one at a time while writing.
+    plan, shard, size = [], [], 0
+    for path, var in sorted(params.items(), key=lambda kv: ours_to_hf(kv[0])[0]):
+        nbytes = int(np.prod(var.shape)) * np.dtype(var.dtype).itemsize
+        if shard and size + nbytes > limit:
+            plan.append(shard)
+            shard, size = [], 0
+        shard.append(path)
+        size += nbytes
+    plan.append(shard)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        weight_map, total = {}, 0
+        conv_shape = (cfg.vision.hidden_size, cfg.vision.in_channels, cfg.vision.temporal_patch_size,
+                      cfg.vision.patch_size, cfg.vision.patch_size)
+        for k, paths in enumerate(plan):
+            fname = "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+            tensors = {}
+            for path in paths:
+                name, kind = ours_to_hf(path)
+                value = np.asarray(jax.device_get(params[path][...]))
+                tensors[name] = to_hf(value, kind, conv_shape)
+                weight_map[name] = fname
+                total += tensors[name].nbytes
+            save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
+            del tensors
+        if len(plan) > 1:
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f,
+                          indent=2)
+        dtype_name = _np_dtype_name(next(iter(params.values())).dtype)
+        cfg.save_json(os.path.join(tmp, "config.json"), dtype=dtype_name)
+        src = side_files_from or getattr(model, "hf_source", None)
+        if src:
+            for name in SIDE_FILES:
+                if os.path.exists(os.path.join(src, name)):
+                    shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,144 @@
+"""Qwen2.5-VL text decoder (Qwen2 blocks with M-RoPE) in Flax NNX, with a static-shape KV cache.
+
+KV cache (a plain dict pytree, so it crosses jit boundaries and can be donated):
+  ``k``, ``v``: ``[layers, b, S, kv_heads, head_dim]``; ``segments``: ``int32 [b, S]`` (0 = empty or padding);
+  ``index``: ``int32 []``, the next slot to write. Slot number = causal position for attention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from r1ov_jax.layers.attention import attention
+from r1ov_jax.layers.basic import Dense, Embed, RMSNorm, apply_rope
+from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``[b, L, head_dim]`` from M-RoPE positions ``[3, b, L]`` (T, H, W rows).
+
+    Frequency chunk i of ``mrope_section`` takes its angle from row ``i % 3``; then ``cat(f, f)`` (NeoX halves).
+    Computed in fp32 and cast to the activation dtype, as transformers does.
+    """
+    t = cfg.text
+    hd = t.head_dim
+    inv_freq = 1.0 / (t.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, b, L, hd/2]
+    bounds = np.cumsum((0,) + tuple(t.mrope_section))
+    f = jnp.concatenate([freqs[i % 3, ..., bounds[i]:bounds[i + 1]] for i in range(len(t.mrope_section))], -1)
+    emb = jnp.concatenate([f, f], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+class TextAttention(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        self.nq, self.nkv, self.hd, self.impl = t.num_attention_heads, t.num_key_value_heads, t.head_dim, cfg.attn_impl
+        kw = dict(dtype=cfg.dtype, rngs=rngs)
+        self.q_proj = Dense(t.hidden_size, self.nq * self.hd, axes=("embed", "q_heads"), use_bias=True, **kw)
+        self.k_proj = Dense(t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw)
+        self.v_proj = Dense(t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw)
+        self.o_proj = Dense(self.nq * self.hd, t.hidden_size, axes=("q_heads", "embed"), use_bias=False, **kw)
+
+    def __call__(self, x, cos, sin, segments, layer_cache=None):
+        """x ``[b, L, H]``; segments ``[b, L]``; layer_cache = (k_all, v_all, layer, kv_segments, index) or None."""
+        b, length, _ = x.shape
+        q = self.q_proj(x).reshape(b, length, self.nq, self.hd)
+        k = self.k_proj(x).reshape(b, length, self.nkv, self.hd)
+        v = self.v_proj(x).reshape(b, length, self.nkv, self.hd)
+        q = apply_rope(q, cos[:, :, None], sin[:, :, None])
+        k = apply_rope(k, cos[:, :, None], sin[:, :, None])
+        if layer_cache is None:
+            out = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, causal=True, impl=self.impl)
+            new_cache = None
+        else:
+            # The stacked [layers, ...] cache is updated in place (one slice per layer), so a donated cache
+            # is never copied inside the decode loop.
+            ck, cv, layer, kv_segments, index = layer_cache
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, 0, index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, 0, index, 0, 0))
+            q_pos = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (b, length))
+            out = attention(q, ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), q_segment_ids=segments,
+                            kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl)
+            new_cache = (ck, cv)
+        return self.o_proj(out.reshape(b, length, self.nq * self.hd)), new_cache
+
+
+class TextMLP(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(use_bias=False, dtype=cfg.dtype, rngs=rngs)
+        self.gate_proj = Dense(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(t.intermediate_size, t.hidden_size, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        self.input_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+        self.self_attn = TextAttention(cfg, rngs=rngs)
+        self.mlp = TextMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segments, layer_cache=None):
+        h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segments, layer_cache)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+
+
+class TextModel(nnx.Module):
+    """Embedding table, decoder layers and final norm (transformers' ``model.language_model``)."""
+
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        t = cfg.text
+        self.cfg = cfg
+        self.embed_tokens = Embed(t.vocab_size, t.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(t.num_hidden_layers)])
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+
+    def __call__(self, inputs_embeds, positions, segments, cache=None, *, return_hidden=False):
+        """Decoder stack.
+
+        Args:
+          inputs_embeds: ``[b, L, H]``; positions: M-RoPE ``[3, b, L]``; segments: ``int32 [b, L]`` (0 = pad).
+          cache: KV cache dict (see module doc) or None for a plain causal forward.
+
+        Returns:
+          (final-normed hidden ``[b, L, H]``, new cache or None[, per-layer hidden states]).
+        """
+        cos, sin = mrope_cos_sin(positions, self.cfg, inputs_embeds.dtype)
+        x = inputs_embeds
+        hidden = [x]
+        if cache is not None:
+            length = x.shape[1]
+            kv_segments = jax.lax.dynamic_update_slice(cache["segments"], segments.astype(jnp.int32),
+                                                       (0, cache["index"]))
+            ck, cv = cache["k"], cache["v"]
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (ck, cv, i, kv_segments, cache["index"])
+            call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
+            x, lc = call(layer, x, cos, sin, segments, layer_cache)
+            hidden.append(x)
+            if lc is not None:
+                ck, cv = lc
+        x = self.norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": ck, "v": cv, "segments": kv_segments, "index": cache["index"] + length}
+        return (x, new_cache, hidden) if return_hidden else (x, new_cache)
+
+
+def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """An empty static-shape KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
+    t = cfg.text
+    dtype = cfg.dtype if dtype is None else dtype
+    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segments": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}

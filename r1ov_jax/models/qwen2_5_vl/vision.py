@@ -1,0 +1,136 @@
+"""Qwen2.5-VL vision tower in Flax NNX (transformers' ``Qwen2_5_VisionTransformerPretrainedModel``).
+
+Patches (N rows of C*T*P*P pixels, merge-block-major as the processor emits them) → linear patch embedding
+(the Conv3d with stride = kernel) → window permutation → blocks (window attention, full attention on
+``fullatt_block_indexes``) with 2D RoPE → RMSNorm + 2x2 patch merger → inverse permutation.
+
+The index arrays (window permutation, segment ids, rope coordinates) come from
+``r1ov_jax.processing.positions.vision_geometry`` and are plain inputs, so the tower jit-compiles once per
+patch count. Attention segments are expressed as segment ids (no dense mask, no Python loop over windows).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import jax.numpy as jnp
+from flax import nnx
+
+from r1ov_jax.layers.attention import attention
+from r1ov_jax.layers.basic import Dense, RMSNorm, apply_rope
+from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+
+VISION_NORM_EPS = 1e-6  # hard-coded in transformers, not read from the config
+
+
+class VisionAttention(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        v = cfg.vision
+        self.num_heads, self.impl = v.num_heads, cfg.attn_impl
+        # Rows [0:D] are q, [D:2D] k, [2D:3D] v, each head-major (transformers' qkv layout).
+        self.qkv = Dense(v.hidden_size, 3 * v.hidden_size, axes=("embed", "qkv"), use_bias=True, dtype=cfg.dtype,
+                         rngs=rngs)
+        self.proj = Dense(v.hidden_size, v.hidden_size, axes=("heads_merged", "embed"), use_bias=True,
+                          dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segments):
+        n, d = x.shape
+        q, k, val = jnp.moveaxis(self.qkv(x).reshape(n, 3, self.num_heads, d // self.num_heads), 1, 0)
+        # Vision RoPE runs in fp32 whatever the compute dtype (as transformers does).
+        q = apply_rope(q.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
+        k = apply_rope(k.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
+        seg = segments[None]
+        out = attention(q[None], k[None], val[None], q_segment_ids=seg, kv_segment_ids=seg, causal=False,
+                        impl=self.impl)
+        return self.proj(out.reshape(n, d))
+
+
+class VisionMLP(nnx.Module):
+    """SwiGLU with biases (Qwen2.5-VL; Qwen2-VL used fc1/fc2 + quick_gelu)."""
+
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        v = cfg.vision
+        kw = dict(use_bias=True, dtype=cfg.dtype, rngs=rngs)
+        self.gate_proj = Dense(v.hidden_size, v.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(v.hidden_size, v.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(v.intermediate_size, v.hidden_size, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class VisionBlock(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        d = cfg.vision.hidden_size
+        self.norm1 = RMSNorm(d, VISION_NORM_EPS)
+        self.norm2 = RMSNorm(d, VISION_NORM_EPS)
+        self.attn = VisionAttention(cfg, rngs=rngs)
+        self.mlp = VisionMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, segments):
+        x = x + self.attn(self.norm1(x), cos, sin, segments)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        v = cfg.vision
+        merged = v.hidden_size * v.spatial_merge_size**2
+        self.ln_q = RMSNorm(v.hidden_size, VISION_NORM_EPS)
+        self.mlp0 = Dense(merged, merged, axes=("merged", "mlp"), use_bias=True, dtype=cfg.dtype, rngs=rngs)
+        self.mlp2 = Dense(merged, v.out_hidden_size, axes=("mlp", "embed"), use_bias=True, dtype=cfg.dtype,
+                          rngs=rngs)
+        self.merged = merged
+
+    def __call__(self, x):
+        # Four consecutive rows are one 2x2 block (the processor's patch order guarantees it).
+        x = self.ln_q(x).reshape(-1, self.merged)
+        return self.mlp2(jax.nn.gelu(self.mlp0(x), approximate=False))  # exact erf GELU, as nn.GELU()
+
+
+class VisionTower(nnx.Module):
+    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        v = cfg.vision
+        self.cfg = cfg
+        # Conv3d(kernel = stride) == a matmul over flattened (C, T, P, P) patches.
+        self.patch_embed = Dense(v.patch_dim, v.hidden_size, axes=("patch", "embed"), use_bias=False,
+                                 dtype=cfg.dtype, rngs=rngs)
+        self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs) for _ in range(v.depth)])
+        self.merger = PatchMerger(cfg, rngs=rngs)
+
+    def rope(self, rope_positions):
+        """cos/sin ``[N, head_dim]`` from (h, w) coordinates: [f_h, f_w, f_h, f_w] (not the text rule)."""
+        half = self.cfg.vision.head_dim // 2
+        inv_freq = 1.0 / (self.cfg.vision.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
+        f = rope_positions.astype(jnp.float32)[..., None] * inv_freq  # [N, 2, hd/4]
+        emb = jnp.concatenate([f[:, 0], f[:, 1]], axis=-1)
+        emb = jnp.concatenate([emb, emb], axis=-1)
+        return jnp.cos(emb), jnp.sin(emb)
+
+    def __call__(self, pixel_values, geometry: dict, *, return_hidden: bool = False):
+        """Image features.
+
+        Args:
+          pixel_values: ``[N, C*T*P*P]`` as produced by the image processor.
+          geometry: ``vision_geometry(image_grid_thw, ...)`` arrays (window_index, reverse_index,
+            rope_positions, window_segments, full_segments).
+
+        Returns:
+          ``[N / merge**2, out_hidden]`` merged features in raster order per image, images concatenated;
+          with ``return_hidden`` also the list of block outputs (window-permuted, as transformers records them).
+        """
+        v = self.cfg.vision
+        unit = v.spatial_merge_size**2
+        x = self.patch_embed(pixel_values.astype(self.cfg.dtype))
+        n, d = x.shape
+        x = x.reshape(n // unit, unit, d)[geometry["window_index"]].reshape(n, d)
+        cos, sin = self.rope(geometry["rope_positions"])
+        hidden = []
+        full_ids = set(v.fullatt_block_indexes)
+        for i, block in enumerate(self.blocks):
+            segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
+            x = (nnx.remat(type(block).__call__) if self.cfg.remat else type(block).__call__)(
+                block, x, cos, sin, segments)
+            hidden.append(x)
+        merged = self.merger(x)[geometry["reverse_index"]]
+        return (merged, hidden) if return_hidden else merged

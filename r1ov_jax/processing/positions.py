@@ -1,0 +1,146 @@
+"""Host-side (NumPy) geometry of Qwen2.5-VL inputs: M-RoPE positions and the vision tower's window layout.
+
+Everything here depends on the *values* of ``input_ids`` / ``image_grid_thw`` and yields index arrays that the
+jit-compiled model consumes, so it runs on the host, once per batch (in the data pipeline or the sampler).
+It follows transformers 5.x ``Qwen2_5_VLModel.get_rope_index`` and ``vision_utils`` exactly (images only;
+videos are not supported by this port).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _grids(image_grid_thw) -> np.ndarray:
+    g = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
+    if (g <= 0).any():
+        raise ValueError(f"image_grid_thw entries must be positive, got {g.tolist()}")
+    return g
+
+
+def vision_position_ids(image_grid_thw, merge_size: int) -> np.ndarray:
+    """(h, w) patch coordinates ``int32 [N, 2]`` in the processor's merge-block-major patch order."""
+    out = []
+    for t, h, w in _grids(image_grid_thw):
+        hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        # Patches arrive grouped in merge x merge blocks (see the processor's patch flattening).
+        hpos = hpos.reshape(h // merge_size, merge_size, w // merge_size, merge_size).transpose(0, 2, 1, 3)
+        wpos = wpos.reshape(h // merge_size, merge_size, w // merge_size, merge_size).transpose(0, 2, 1, 3)
+        hw = np.stack([hpos.reshape(-1), wpos.reshape(-1)], axis=-1)
+        out.append(np.tile(hw, (t, 1)))
+    return np.concatenate(out, 0).astype(np.int32)
+
+
+def vision_full_segments(image_grid_thw) -> np.ndarray:
+    """Segment id ``int32 [N]`` (1-based) per frame: "full" attention never crosses images or frames."""
+    sizes = [h * w for t, h, w in _grids(image_grid_thw) for _ in range(t)]
+    return np.repeat(np.arange(1, len(sizes) + 1, dtype=np.int32), sizes)
+
+
+def vision_window_index(image_grid_thw, merge_size: int, window_size: int, patch_size: int):
+    """Window permutation of merged tokens and the window segment ids in permuted order.
+
+    Returns:
+      window_index: ``int32 [N / merge**2]``, merged-token order used inside the vision blocks.
+      window_segments: ``int32 [N]`` 1-based window id of every patch, in permuted order.
+    """
+    vws = window_size // merge_size // patch_size  # window side in merged tokens
+    if vws < 1:
+        raise ValueError(f"window_size {window_size} is smaller than one merged token ({merge_size * patch_size} px)")
+    unit = merge_size * merge_size
+    index, seglens, offset = [], [], 0
+    for t, h, w in _grids(image_grid_thw):
+        gh, gw = h // merge_size, w // merge_size
+        idx = np.arange(t * gh * gw).reshape(t, gh, gw)
+        # transformers pads a whole empty window when a side is divisible by vws; empty windows vanish below.
+        pad_h, pad_w = vws - gh % vws, vws - gw % vws
+        nh, nw = (gh + pad_h) // vws, (gw + pad_w) // vws
+        idx = np.pad(idx, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=-100)
+        idx = idx.reshape(t, nh, vws, nw, vws).transpose(0, 1, 3, 2, 4).reshape(t, nh * nw, vws * vws)
+        for window in idx.reshape(-1, vws * vws):
+            keep = window[window != -100]
+            if keep.size:
+                index.append(keep + offset)
+                seglens.append(keep.size * unit)
+        offset += t * gh * gw
+    window_index = np.concatenate(index).astype(np.int32)
+    window_segments = np.repeat(np.arange(1, len(seglens) + 1, dtype=np.int32), seglens)
+    return window_index, window_segments
+
+
+def vision_geometry(image_grid_thw, *, merge_size: int, window_size: int, patch_size: int) -> dict:
+    """All index arrays the vision tower needs for the given images (see ``VisionTower.__call__``)."""
+    window_index, window_segments = vision_window_index(image_grid_thw, merge_size, window_size, patch_size)
+    unit = merge_size * merge_size
+    # Patch-level permutation equivalent to permuting merged tokens (groups of `unit` rows).
+    patch_perm = (window_index[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
+    full = vision_full_segments(image_grid_thw)
+    return {
+        "window_index": window_index,
+        "reverse_index": np.argsort(window_index).astype(np.int32),
+        "rope_positions": vision_position_ids(image_grid_thw, merge_size)[patch_perm],
+        "window_segments": window_segments,
+        "full_segments": full[patch_perm],
+    }
+
+
+def get_rope_index(
+    input_ids,
+    image_grid_thw=None,
+    attention_mask=None,
+    *,
+    image_token_id: int,
+    merge_size: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """M-RoPE positions of a batch, as transformers' ``get_rope_index`` (5.x, images).
+
+    Args:
+      input_ids: ``[B, L]`` token ids; each ``image_token_id`` run is one image, images in batch order.
+      image_grid_thw: ``[n_images, 3]`` pre-merge patch grids, in the order the images appear.
+      attention_mask: ``[B, L]``; positions count valid tokens only and padded slots get 0.
+
+    Returns:
+      positions ``int32 [3, B, L]`` (temporal, height, width rows) and ``rope_deltas int32 [B]``
+      (decode position = cache position + delta).
+    """
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+    b, length = input_ids.shape
+    mask = np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    grids = iter(_grids(image_grid_thw)) if image_grid_thw is not None else iter(())
+    positions = np.zeros((3, b, length), np.int32)
+    deltas = np.zeros((b,), np.int32)
+    for i in range(b):
+        ids = input_ids[i][mask[i]]
+        is_img = ids == image_token_id
+        pieces, cur, start = [], 0, 0
+        # Runs of equal token type: text runs count up by one, each image run is one (t, h, w) grid.
+        change = np.flatnonzero(np.diff(is_img.astype(np.int8))) + 1
+        for end in list(change) + [len(ids)]:
+            n = end - start
+            if not is_img[start]:
+                pieces.append(np.broadcast_to(np.arange(n) + cur, (3, n)))
+                cur += n
+            else:
+                try:
+                    t, h, w = next(grids)
+                except StopIteration:
+                    raise ValueError(f"sample {i}: more image-token runs than entries in image_grid_thw") from None
+                gh, gw = h // merge_size, w // merge_size
+                if t * gh * gw != n:
+                    raise ValueError(
+                        f"sample {i}: an image run has {n} <|image_pad|> tokens but its grid {[t, h, w]} "
+                        f"needs {t * gh * gw} (adjacent images need text tokens between them)"
+                    )
+                tt, hh, ww = np.meshgrid(np.arange(t), np.arange(gh), np.arange(gw), indexing="ij")
+                pieces.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + cur)
+                cur += max(gh, gw)
+            start = end
+        if pieces:
+            pos = np.concatenate(pieces, axis=1)
+            positions[:, i, mask[i]] = pos
+            deltas[i] = pos.max() + 1 - len(ids)
+    if next(grids, None) is not None:
+        raise ValueError("image_grid_thw has more images than there are image-token runs in input_ids")
+    return positions, deltas
