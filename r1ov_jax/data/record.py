@@ -1,0 +1,190 @@
+"""The one example record that flows through data: generators and importers make it, the pipeline consumes it.
+
+    {id, images: [encoded image bytes], formal, question, answer, choices, trace, meta}
+
+* ``images``: PNG (generators) or PNG/JPEG/GIF/WebP bytes as found in imported files; never decoded arrays.
+* ``formal``: the cross-modal formal description (CSV + plotting code, SPICE netlist, object list, ...); "" when
+  unknown (imported data).
+* ``answer``: short, checkable gold answer (integer, short decimal, or a letter when ``choices`` is given).
+* ``choices``: option texts for multiple choice (letters A, B, ... are implied by position), else None.
+* ``trace``: the assistant target ``<think>…</think>\n<answer>…</answer>`` (or an imported response), else None.
+* ``meta``: JSON-serializable; generators set ``type, level, category, seed`` and ``query`` (the question as a small
+  program, like the functional programs CLEVR ships with its questions, executed by ``reasoning.py`` against the
+  parsed formal text).
+
+Serialization for ArrayRecord shards (``to_bytes``) is ``MAGIC | u32 json_len | json | (u32 len | bytes)*``: the images
+stay raw bytes (no base64 inflation) and everything else is one JSON object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Any
+
+MAGIC = b"R1OV\x01"
+_U32 = struct.Struct("<I")
+
+# Bench grades (R1-Onevision-Bench `level` column) and categories (`category` column).
+LEVELS = ("Junior High School", "High School", "College", "Social Test")
+CATEGORIES = ("Math", "Physics", "Chemistry", "Biology", "Deduction")
+
+_IMAGE_MAGICS = {
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "gif": (b"GIF87a", b"GIF89a"),
+    "webp": (b"RIFF",),
+}
+
+
+class RecordError(ValueError):
+    """A record (or serialized record) is malformed; the message names the record id and the field."""
+
+
+def image_format(data: bytes) -> str | None:
+    """The container format of encoded image bytes ("png", "jpeg", ...), or None if not a known image."""
+    for name, magics in _IMAGE_MAGICS.items():
+        if any(data.startswith(m) for m in magics):
+            if name == "webp" and data[8:12] != b"WEBP":
+                continue
+            return name
+    return None
+
+
+def letter(i: int) -> str:
+    """Option letter for a 0-based choice index."""
+    return chr(ord("A") + i)
+
+
+@dataclasses.dataclass
+class Record:
+    id: str
+    images: list[bytes]
+    formal: str
+    question: str
+    answer: str
+    choices: list[str] | None = None
+    trace: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    # ----------------------------------------------------------------------------------------------------- checks
+    def validate(self) -> Record:
+        """Raise RecordError naming the id and field on the first problem; return self when valid."""
+        where = f"record {self.id!r}"
+        if not isinstance(self.id, str) or not self.id:
+            raise RecordError(f"{where}: field 'id' must be a non-empty str, got {self.id!r}")
+        if not isinstance(self.images, list):
+            raise RecordError(f"{where}: field 'images' must be a list of bytes, got {type(self.images).__name__}")
+        for i, img in enumerate(self.images):
+            if not isinstance(img, (bytes, bytearray)):
+                raise RecordError(f"{where}: images[{i}] must be bytes, got {type(img).__name__}")
+            if image_format(bytes(img)) is None:
+                raise RecordError(f"{where}: images[{i}] is not PNG/JPEG/GIF/WebP data (starts {bytes(img[:8])!r})")
+        for name in ("formal", "question", "answer"):
+            if not isinstance(getattr(self, name), str):
+                raise RecordError(f"{where}: field {name!r} must be a str, got {type(getattr(self, name)).__name__}")
+        if not self.question.strip():
+            raise RecordError(f"{where}: field 'question' is empty")
+        if not self.answer.strip():
+            raise RecordError(f"{where}: field 'answer' is empty")
+        if self.choices is not None:
+            if not isinstance(self.choices, list) or not all(isinstance(c, str) for c in self.choices):
+                raise RecordError(f"{where}: field 'choices' must be a list of str or None, got {self.choices!r}")
+            if not 2 <= len(self.choices) <= 26:
+                raise RecordError(f"{where}: field 'choices' needs 2..26 options, got {len(self.choices)}")
+        if self.trace is not None and not isinstance(self.trace, str):
+            raise RecordError(f"{where}: field 'trace' must be a str or None, got {type(self.trace).__name__}")
+        if not isinstance(self.meta, dict):
+            raise RecordError(f"{where}: field 'meta' must be a dict, got {type(self.meta).__name__}")
+        try:
+            json.dumps(self.meta, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise RecordError(f"{where}: field 'meta' is not JSON-serializable: {e}") from None
+        return self
+
+    # ------------------------------------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (images as bytes); ``from_dict(r.to_dict()) == r``."""
+        return {
+            "id": self.id,
+            "images": [bytes(b) for b in self.images],
+            "formal": self.formal,
+            "question": self.question,
+            "answer": self.answer,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "trace": self.trace,
+            "meta": json.loads(json.dumps(self.meta)),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        """Build and validate; missing optional fields default, unknown fields are an error."""
+        if not isinstance(d, dict):
+            raise RecordError(f"record must be a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        rid = d.get("id", "<no id>")
+        if unknown:
+            raise RecordError(f"record {rid!r}: unknown field(s) {unknown}; expected {sorted(names)}")
+        missing = [n for n in ("id", "images", "formal", "question", "answer") if n not in d]
+        if missing:
+            raise RecordError(f"record {rid!r}: missing field(s) {missing}")
+        rec = cls(
+            id=d["id"],
+            images=list(d["images"]) if isinstance(d["images"], (list, tuple)) else d["images"],
+            formal=d["formal"],
+            question=d["question"],
+            answer=d["answer"],
+            choices=list(d["choices"]) if isinstance(d.get("choices"), (list, tuple)) else d.get("choices"),
+            trace=d.get("trace"),
+            meta=dict(d["meta"]) if isinstance(d.get("meta"), dict) else d.get("meta", {}),
+        )
+        return rec.validate()
+
+    def to_bytes(self) -> bytes:
+        """Serialize for an ArrayRecord shard (validates first)."""
+        self.validate()
+        head = self.to_dict()
+        images = head.pop("images")
+        head["num_images"] = len(images)
+        js = json.dumps(head, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        parts = [MAGIC, _U32.pack(len(js)), js]
+        for img in images:
+            parts += [_U32.pack(len(img)), img]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Record:
+        """Inverse of ``to_bytes``; raises RecordError on truncated or foreign data."""
+        data = bytes(data)
+        if not data.startswith(MAGIC):
+            raise RecordError(f"serialized record: bad magic {data[:5]!r}, expected {MAGIC!r}")
+        pos = len(MAGIC)
+        try:
+            (n,) = _U32.unpack_from(data, pos)
+            pos += 4
+            head = json.loads(data[pos : pos + n].decode("utf-8"))
+            pos += n
+            images = []
+            for _ in range(head.pop("num_images")):
+                (m,) = _U32.unpack_from(data, pos)
+                pos += 4
+                if pos + m > len(data):
+                    raise RecordError("serialized record: image data truncated")
+                images.append(data[pos : pos + m])
+                pos += m
+        except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+            raise RecordError(f"serialized record: corrupt or truncated ({e})") from None
+        if pos != len(data):
+            raise RecordError(f"serialized record: {len(data) - pos} trailing bytes")
+        head["images"] = images
+        return cls.from_dict(head)
+
+    # ------------------------------------------------------------------------------------------------------ views
+    def prompt_text(self) -> str:
+        """The question as shown to a model: the stem, then lettered options for multiple choice."""
+        if not self.choices:
+            return self.question
+        opts = "\n".join(f"{letter(i)}. {c}" for i, c in enumerate(self.choices))
+        return f"{self.question}\nChoices:\n{opts}"
