@@ -1,0 +1,166 @@
+"""Pieces shared by the attention kernels: backend choice, padding, block ranges, in-kernel math.
+
+Every kernel here works on a padded "head-major" layout: q ``[b, hq, tq_pad, d_pad]``, k/v
+``[b, hkv, tk_pad, d_pad]`` plus int32 segment ids / positions ``[b, t_pad]`` whose padding carries segment
+id 0, so padded rows and columns are invisible by the same rule as user padding.
+
+Which key blocks a query block must visit is decided outside the kernels, in plain XLA, from per-block
+summaries of the segment ids and positions (``block_ranges``). The kernels receive, per query block, the
+half-open range ``[lo, hi)`` of key blocks that can hold a visible key and skip everything else. The range
+is exact for packed sequences (segment ids non-decreasing apart from zeros) and conservative otherwise;
+the per-element mask inside the kernel is always exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Finite "minus infinity" for masked logits: exp(MASK - m) underflows to 0 and MASK - MASK stays 0 (no NaN
+# from inf - inf). Rows whose keys are all masked are zeroed explicitly, not through this value.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_BIG = np.iinfo(np.int32).max
+
+BACKENDS = ("tpu", "gpu")
+# Default tiles. TPU: multiples of 128 keep the (8, 128) vreg tiling and fill the MXU. GPU (Triton): powers of
+# two; 64x64 keeps fwd and bwd of head dim 128 in registers without spilling.
+DEFAULT_BLOCKS = {"tpu": (256, 256), "gpu": (64, 64)}
+
+
+def kernel_backend(backend: str | None = None) -> str:
+    """Kernel flavour: explicit, else the default backend ("cpu" interprets the TPU flavour)."""
+    if backend is None:
+        backend = "gpu" if jax.default_backend() == "gpu" else "tpu"
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def use_interpret(interpret: bool | None) -> bool:
+    """Interpret mode when asked, and always on CPU (no Mosaic/Triton compiler there)."""
+    return jax.default_backend() == "cpu" if interpret is None else interpret
+
+
+def round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pick_block(n: int, block: int, backend: str) -> int:
+    """Tile length along a sequence of length ``n``: at most ``block``, no bigger than needed."""
+    if backend == "gpu":
+        # Triton tensors have power-of-two shapes and tl.dot wants >= 16.
+        return min(block, max(16, next_pow2(n)))
+    return min(block, round_up(n, 8))
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def padded_head_dim(d: int, backend: str) -> int:
+    # Mosaic accepts a block spanning the whole head dim; Triton needs a power of two (80 -> 128).
+    return max(16, next_pow2(d)) if backend == "gpu" else d
+
+
+def to_heads(x: jax.Array, t_pad: int, d_pad: int) -> jax.Array:
+    """``[b, t, h, d]`` -> zero-padded ``[b, h, t_pad, d_pad]``."""
+    b, t, h, d = x.shape
+    x = jnp.pad(x, ((0, 0), (0, t_pad - t), (0, 0), (0, d_pad - d)))
+    return jnp.transpose(x, (0, 2, 1, 3))
+
+
+def from_heads(x: jax.Array, t: int, d: int) -> jax.Array:
+    """Inverse of :func:`to_heads`."""
+    return jnp.transpose(x, (0, 2, 1, 3))[:, :t, :, :d]
+
+
+def pad_ids(ids: jax.Array, t_pad: int) -> jax.Array:
+    return jnp.pad(ids.astype(jnp.int32), ((0, 0), (0, t_pad - ids.shape[1])))
+
+
+def default_positions(b: int, t: int) -> jax.Array:
+    return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+
+
+def _block_summary(ids, pos, block):
+    """Per block: min / max non-zero segment id and min / max position over non-padding tokens."""
+    b, t = ids.shape
+    ids = ids.reshape(b, t // block, block)
+    live = ids != 0
+    seg_lo = jnp.where(live, ids, _BIG).min(-1)
+    seg_hi = jnp.where(live, ids, 0).max(-1)
+    if pos is None:
+        return seg_lo, seg_hi, None, None
+    pos = pos.reshape(b, t // block, block)
+    return seg_lo, seg_hi, jnp.where(live, pos, _BIG).min(-1), jnp.where(live, pos, -_BIG).max(-1)
+
+
+def _first_last(vis, axis):
+    """First index and one-past-last index of True along ``axis``; (0, 0) where none."""
+    n = vis.shape[axis]
+    any_ = vis.any(axis)
+    first = jnp.argmax(vis, axis=axis)
+    last = n - 1 - jnp.argmax(jnp.flip(vis, axis), axis=axis)
+    return jnp.where(any_, first, 0).astype(jnp.int32), jnp.where(any_, last + 1, 0).astype(jnp.int32)
+
+
+def block_ranges(q_seg, kv_seg, q_pos, kv_pos, *, causal: bool, block_q: int, block_k: int):
+    """Key-block range per query block and query-block range per key block.
+
+    A (query block, key block) pair can hold a visible entry only if their non-zero segment-id intervals
+    overlap and, when causal, the smallest key position is <= the largest query position. The block
+    visibility matrix is ``[b, nq, nk]`` booleans: tiles, never tokens.
+
+    Returns:
+      (lo, hi): int32 ``[b, nq]``; (qlo, qhi): int32 ``[b, nk]``. Empty ranges are (0, 0).
+    """
+    qs_lo, qs_hi, _, qp_hi = _block_summary(q_seg, q_pos if causal else None, block_q)
+    ks_lo, ks_hi, kp_lo, _ = _block_summary(kv_seg, kv_pos if causal else None, block_k)
+    vis = (qs_lo[:, :, None] <= ks_hi[:, None, :]) & (ks_lo[:, None, :] <= qs_hi[:, :, None])
+    if causal:
+        vis &= kp_lo[:, None, :] <= qp_hi[:, :, None]
+    lo, hi = _first_last(vis, 2)
+    qlo, qhi = _first_last(vis, 1)
+    return lo, hi, qlo, qhi
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Static description of one padded attention problem (hashable: used as a custom_vjp static arg)."""
+
+    backend: str
+    interpret: bool
+    causal: bool
+    scale: float
+    block_q: int
+    block_k: int
+    groups: int  # q heads per kv head
+    kv_steps: int  # grid length over key blocks per query block (>= every hi - lo)
+    q_steps: int  # grid length over query blocks per key block (>= every qhi - qlo)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In-kernel helpers (traced inside Pallas kernels of both flavours).
+
+
+def dot(a, b, *, trans_a: bool = False, trans_b: bool = False):
+    """2-D matmul with fp32 accumulation; fp32 inputs get full fp32 precision (no tf32 / bf16 passes)."""
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def visible(q_seg, kv_seg, q_pos, kv_pos, causal: bool):
+    """Element mask from a column of query ids ``[bq, 1]`` and a row of key ids ``[1, bk]``."""
+    mask = (q_seg == kv_seg) & (q_seg != 0)
+    if causal:
+        mask &= kv_pos <= q_pos
+    return mask
