@@ -1,0 +1,141 @@
+"""Reasoning traces from the formal text: step 3 of the paper's pipeline (DeepSeek-R1 there; here a deterministic
+solver per image type, or optionally any OpenAI-compatible chat endpoint as the teacher).
+
+A trace is ``<think>\n…steps…\n</think>\n<answer>X</answer>`` — the format the GRPO format reward checks. For multiple
+choice the steps end by matching the computed value to an option and X is the option letter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import urllib.error
+import urllib.request
+
+from r1ov_jax.data.record import Record, letter
+from r1ov_jax.data.solvers import Solution, SolveError, solver_for
+
+log = logging.getLogger(__name__)
+
+# The paper's RL prompt suffix; the teacher is asked for the same format the rewards check.
+FORMAT_SUFFIX = "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+
+
+def _same(value: str, choice: str) -> bool:
+    a, b = value.strip(), choice.strip()
+    try:
+        return abs(float(a) - float(b)) < 1e-9
+    except ValueError:
+        return a.casefold() == b.casefold()
+
+
+def pick_choice(value: str, choices: list[str]) -> int | None:
+    """Index of the option equal to `value` (numerically when both parse as numbers), else None."""
+    hits = [i for i, c in enumerate(choices) if _same(value, c)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def solve_record(rec: Record) -> Solution:
+    """Run the type's solver on the record's formal text and query program."""
+    kind = rec.meta.get("type")
+    query = rec.meta.get("query")
+    if not kind or not isinstance(query, dict):
+        raise SolveError(f"record {rec.id!r}: needs meta.type and meta.query for the deterministic solver")
+    return solver_for(kind)(rec.formal, rec.question, query)
+
+
+def format_trace(steps: list[str], answer: str) -> str:
+    return "<think>\n" + "\n".join(steps) + "\n</think>\n<answer>" + answer + "</answer>"
+
+
+def make_trace(rec: Record) -> str:
+    """Deterministic step-by-step trace for a generated record (raises SolveError if it cannot be solved)."""
+    sol = solve_record(rec)
+    steps = list(sol.steps)
+    if rec.choices:
+        idx = pick_choice(sol.value, rec.choices)
+        if idx is None:
+            raise SolveError(f"record {rec.id!r}: computed value {sol.value!r} matches no option of {rec.choices}")
+        opts = ", ".join(f"{letter(i)}. {c}" for i, c in enumerate(rec.choices))
+        steps.append(f"The result is {sol.value}. Among the options ({opts}), it matches option {letter(idx)}.")
+        return format_trace(steps, letter(idx))
+    steps.append(f"So the answer is {sol.value}.")
+    return format_trace(steps, sol.value)
+
+
+# ------------------------------------------------------------------------------------------------------ teacher
+@dataclasses.dataclass
+class Teacher:
+    """An OpenAI-compatible chat endpoint (``POST {base_url}/chat/completions``) used as the text-only reasoner.
+
+    Off unless constructed. It sees what the paper's reasoner saw: the formal description and the question.
+    Reasoning models that return ``reasoning_content`` (DeepSeek-R1 style) get it wrapped in <think> tags.
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    timeout: float = 60.0
+    system_prompt: str = (
+        "You are given a precise textual description of an image and a question about the image. "
+        "Reason step by step, then give a short final answer (a number, a word, or an option letter)."
+    )
+
+    def prompt(self, rec: Record) -> str:
+        return f"Description of the image:\n{rec.formal}\n\nQuestion: {rec.prompt_text()}\n\n{FORMAT_SUFFIX}"
+
+    def complete(self, messages: list[dict]) -> dict:
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
+                           "max_tokens": self.max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read().decode("utf-8"))
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+            raise RuntimeError(f"teacher endpoint {self.base_url}: {e}") from e
+
+    def trace(self, rec: Record) -> str:
+        """The teacher's trace for `rec`, normalized to <think>…</think><answer>…</answer> where possible."""
+        out = self.complete([{"role": "system", "content": self.system_prompt},
+                             {"role": "user", "content": self.prompt(rec)}])
+        try:
+            msg = out["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            raise RuntimeError(f"teacher endpoint {self.base_url}: unexpected response {str(out)[:200]}") from None
+        content = (msg.get("content") or "").strip()
+        thinking = (msg.get("reasoning_content") or "").strip()
+        if thinking and "<think>" not in content:
+            content = f"<think>\n{thinking}\n</think>\n{content}"
+        return content
+
+
+def add_traces(records: list[Record], teacher: Teacher | None = None) -> tuple[list[Record], dict[str, int]]:
+    """Attach traces: the deterministic solver where the record has a query program, else the teacher (if any).
+
+    Returns (records with traces where one could be made, counts by source/failure)."""
+    counts = {"solver": 0, "teacher": 0, "unsolved": 0}
+    out = []
+    for rec in records:
+        trace = None
+        if isinstance(rec.meta.get("query"), dict):
+            try:
+                trace = make_trace(rec)
+                counts["solver"] += 1
+            except (SolveError, KeyError, ValueError, ZeroDivisionError) as e:
+                log.warning("solver failed on %s: %s", rec.id, e)
+        if trace is None and teacher is not None:
+            try:
+                trace = teacher.trace(rec)
+                counts["teacher"] += 1
+            except RuntimeError as e:
+                log.warning("teacher failed on %s: %s", rec.id, e)
+        if trace is None:
+            counts["unsolved"] += 1
+        out.append(dataclasses.replace(rec, trace=trace) if trace is not None else rec)
+    return out, counts
