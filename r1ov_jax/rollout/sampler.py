@@ -1,0 +1,135 @@
+"""In-framework KV-cache sampler: batched multimodal prompts × G samples, one jit-compiled program.
+
+prefill (vision tower once per prompt, then the decoder over the prompt, embeddings repeated G times) and
+the whole decode loop (``lax.while_loop``: no per-token Python dispatch) run in a single compiled function.
+Sampling: greedy, or temperature with optional top-k and top-p (nucleus). Generation stops per sequence at an
+EOS id or after ``max_new_tokens``.
+
+Returned log-probs are those of the *policy* (softmax of the raw logits, temperature 1), which is what GRPO's
+importance ratio and KL need, whatever temperature was used to draw the token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from r1ov_jax.models.qwen2_5_vl.model import Qwen25VL, decode_positions, next_positions
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 → greedy
+    top_k: int = 0  # 0 → off
+    top_p: float = 1.0  # 1 → off
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+
+@dataclasses.dataclass
+class Samples:
+    tokens: np.ndarray  # int32 [B*G, max_new_tokens], pad_id after EOS
+    logprobs: np.ndarray  # float32 [B*G, max_new_tokens], 0 after EOS
+    lengths: np.ndarray  # int32 [B*G], generated tokens including the EOS
+    prompt_index: np.ndarray  # int32 [B*G], row → prompt (rows of one prompt are contiguous)
+
+
+def filter_logits(logits: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
+    """Masks logits ``[b, V]`` outside top-k and outside the smallest nucleus of mass >= top_p with -inf."""
+    neg = jnp.finfo(logits.dtype).min
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep a token when the mass strictly before it is < top_p (the top token is always kept)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        keep_sorted = before < top_p
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, neg)
+    return logits
+
+
+def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = filter_logits(logits / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+
+def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingConfig, num_samples: int):
+    ids, segments, positions = inputs["input_ids"], inputs["segment_ids"], inputs["positions"]
+    b, length = ids.shape
+    rows = b * num_samples
+    rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
+    x = rep(model.embed(ids, inputs.get("pixel_values"), inputs.get("vision")))
+    segments, positions = rep(segments), rep(positions, axis=1)
+    cache = model.init_cache(rows, length + cfg.max_new_tokens)
+    h, cache = model.language_model(x, positions, segments, cache)
+    logits = model.logits(h[:, -1]).astype(jnp.float32)
+    start = next_positions(positions, segments)
+    eos = jnp.asarray(cfg.eos_ids if cfg.eos_ids else (-1,), jnp.int32)
+
+    def cond(state):
+        step, _, _, _, done, _, _ = state
+        return (step < cfg.max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, logits, cache, key, done, tokens, logprobs = state
+        key, sub = jax.random.split(key)
+        tok = choose_tokens(logits, sub, cfg)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tok[:, None], -1)[:, 0]
+        tok = jnp.where(done, cfg.pad_id, tok)
+        tokens = tokens.at[:, step].set(tok)
+        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, lp))
+        done = done | jnp.isin(tok, eos)
+        out, cache = model.decode(tok[:, None], decode_positions(start + step), cache)
+        return step + 1, out[:, 0], cache, key, done, tokens, logprobs
+
+    init = (jnp.zeros((), jnp.int32), logits, cache, key, jnp.zeros((rows,), bool),
+            jnp.full((rows, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
+            jnp.zeros((rows, cfg.max_new_tokens), jnp.float32))
+    _, _, _, _, _, tokens, logprobs = jax.lax.while_loop(cond, body, init)
+    is_eos = jnp.isin(tokens, eos)
+    first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, cfg.max_new_tokens)
+    return tokens, logprobs, first_eos.astype(jnp.int32)
+
+
+_generate_jit = nnx.jit(_generate, static_argnames=("cfg", "num_samples"))
+
+
+def generate(model: Qwen25VL, inputs: dict, key: jax.Array | int, cfg: SamplingConfig,
+             num_samples: int = 1) -> Samples:
+    """Samples ``num_samples`` completions per prompt.
+
+    Args:
+      model: the policy (used in place: no weight copy).
+      inputs: ``model.prepare_inputs(...)`` of a left-padded prompt batch (the prompt must end where
+        generation starts, e.g. after ``<|im_start|>assistant\\n``).
+      key: PRNG key or int seed.
+    """
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    tokens, logprobs, lengths = _generate_jit(model, inputs, key, cfg=cfg, num_samples=num_samples)
+    b = np.asarray(inputs["input_ids"]).shape[0]
+    return Samples(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths),
+                   np.repeat(np.arange(b, dtype=np.int32), num_samples))
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads prompts to one length: (ids ``[b, L]``, attention_mask ``[b, L]``)."""
+    length = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, length - len(s):], mask[i, length - len(s):] = s, 1
+    return ids, mask
