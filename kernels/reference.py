@@ -11,6 +11,9 @@ import jax.numpy as jnp
 
 from r1ov_jax.layers.attention import make_mask, xla_attention
 
+# Plain jnp (searchsorted); tested on its own against a Python loop.
+from r1ov_kernels.varlen_attention import segment_ids_from_cu_seqlens
+
 
 def reference_flash_attention(
     q, k, v, q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None, *,
@@ -26,17 +29,6 @@ def reference_flash_attention(
     mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
                      kv_positions=kv_positions)
     return xla_attention(q, k, v, mask, scale=d**-0.5 if scale is None else scale)
-
-
-def segment_ids_from_cu_seqlens(cu_seqlens: jax.Array, total: int) -> jax.Array:
-    """``[n + 1]`` cumulative lengths -> int32 ``[total]`` ids: tokens of sequence i get i + 1, the rest 0.
-
-    Zero-length sequences (repeated offsets) are allowed; tokens past ``cu_seqlens[-1]`` are padding.
-    """
-    cu = jnp.asarray(cu_seqlens, jnp.int32)
-    tok = jnp.arange(total, dtype=jnp.int32)
-    ids = jnp.searchsorted(cu, tok, side="right").astype(jnp.int32)
-    return jnp.where(tok < cu[-1], ids, 0)
 
 
 def reference_varlen_attention(q, k, v, cu_seqlens, *, scale: float | None = None,
