@@ -144,3 +144,26 @@ def get_rope_index(
     if next(grids, None) is not None:
         raise ValueError("image_grid_thw has more images than there are image-token runs in input_ids")
     return positions, deltas
+
+
+def pad_vision(pixel_values: np.ndarray, geometry: dict, num_patches: int, merge_size: int = 2):
+    """Pads patches (and their geometry) to ``num_patches`` rows so batches keep one static shape.
+
+    Padding patches get segment id 0 (they attend to nothing and nothing attends to them) and sit after the
+    real ones in both the window order and the restored order, so the first ``n_real / merge**2`` merged
+    features are exactly the unpadded ones.
+    """
+    n = pixel_values.shape[0]
+    unit = merge_size * merge_size
+    if num_patches < n or num_patches % unit:
+        raise ValueError(f"cannot pad {n} patches to {num_patches} (must be >= and a multiple of {unit})")
+    extra, extra_merged = num_patches - n, (num_patches - n) // unit
+    m = n // unit
+    tail = np.arange(m, m + extra_merged, dtype=np.int32)
+    return np.pad(pixel_values, ((0, extra), (0, 0))), {
+        "window_index": np.concatenate([geometry["window_index"], tail]),
+        "reverse_index": np.concatenate([geometry["reverse_index"], tail]),
+        "rope_positions": np.pad(geometry["rope_positions"], ((0, extra), (0, 0))),
+        "window_segments": np.pad(geometry["window_segments"], (0, extra)),
+        "full_segments": np.pad(geometry["full_segments"], (0, extra)),
+    }

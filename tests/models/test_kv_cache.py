@@ -46,3 +46,15 @@ def test_multi_token_decode_chunk():
     logits, cache = model.decode(ids[:, 5:12], decode_positions(nxt, 7), cache)
     np.testing.assert_allclose(np.asarray(logits[0]), full[0, 5:12], atol=1e-4)
     assert jax.tree.leaves(cache)
+
+
+def test_padded_vision_gives_same_features():
+    from r1ov_jax.processing.positions import pad_vision, vision_geometry
+
+    model = Qwen25VL(tiny(), rngs=nnx.Rngs(2))
+    pv, thw = hf_pixels([random_image(56, 84, seed=4), random_image(112, 56, seed=5)])
+    geo = vision_geometry(thw, merge_size=2, window_size=56, patch_size=14)
+    ref = np.asarray(model.visual(pv, geo))
+    ppv, pgeo = pad_vision(pv, geo, pv.shape[0] + 24)
+    out = np.asarray(model.visual(ppv, pgeo))
+    np.testing.assert_allclose(out[: ref.shape[0]], ref, atol=1e-6)
