@@ -22,6 +22,7 @@ RUNTIME = [
     "tensorboardX",
     "math-verify",
     "pyarrow",
+    "importlib-resources",  # tensorflow-datasets builders defined in a package need it (etils epath)
 ]
 
 TEST = [
