@@ -32,6 +32,9 @@ _MAX_PRED_CHARS = 4000  # longer "answers" are not answers; only exact string eq
 _MAX_SYMBOLIC_CHARS = 200
 _MAX_EXPONENT = 64
 _MAX_NESTING = 12
+# Two English words of 3+ letters (not LaTeX commands): prose, not an expression.
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}\b.*?(?<![\\A-Za-z])[A-Za-z]{3,}\b")
+_LABEL_SEP = re.compile(r"(?<![\\A-Za-z\d])[A-Za-z]\s*[.:]\s")  # "A. 3/11 B. 8/11", "x: 5"
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
@@ -150,10 +153,16 @@ def _value_equal(pred: str, gold: str, rel_tol: float, timeout_s: float) -> bool
     if "\\approx" in p or "≈" in p:
         p = re.split(r"\\approx|≈", p)[-1].strip()
     qp, qg = A.parse_quantity(p), A.parse_quantity(g)
+    if qp is None and qg is not None and _PROSE.search(p):
+        # "There are 3 cubes" / "The area is 12 cm^2": the value after the last copula.
+        tail = re.split(r"\b(?:is|are|was|were|equals?|be|of|to)\s+", p)[-1]
+        qp = A.parse_quantity(tail)
     if qp is not None and qg is not None:
         return A.quantities_match(qp, qg, rel_tol)
     if A.normalize_text(p) == A.normalize_text(g):
         return True
+    if _PROSE.search(p) or _PROSE.search(g) or _LABEL_SEP.search(p):
+        return False  # sentences / option lists are not maths: math-verify would pick some number out of them
     return symbolic_equal(p, g, timeout_s)
 
 

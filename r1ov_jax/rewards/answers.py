@@ -28,6 +28,7 @@ _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 def strip_markup(s: str) -> str:
     """Drop markdown emphasis, `$`, `\\(`/`\\)` and text wrappers; keep the content."""
+    s = s.replace("²", "^2").replace("³", "^3")  # before NFKC, which would turn them into plain digits
     s = unicodedata.normalize("NFKC", s)
     s = s.replace("\u2212", "-").replace("\u2013", "-").replace("\u2014", "-")
     s = re.sub(r"\\[()\[\]]", " ", s)  # \( \) \[ \]
@@ -327,6 +328,7 @@ def quantities_match(pred: Quantity, gold: Quantity, rel_tol: float = 1e-4) -> b
     * tolerance: |p - g| <= max(rel_tol * |g|, 1e-9); when the gold is a decimal literal with d >= 1 decimals, a
       prediction that rounds to it (|p - g| <= 0.5 * 10^-d) also matches ("3.1416" for gold "3.14").
     * a unit on one side only is ignored; units on both sides must agree after conversion ("0.5 m" == "50 cm").
+    * a fraction gold ("1/3") also accepts a decimal with >= 2 decimals that it rounds to ("0.33", not "0.3").
     * percent: "50%" matches "0.5" and "50".
     """
     pv, gv = pred.value, gold.value
@@ -344,4 +346,6 @@ def quantities_match(pred: Quantity, gold: Quantity, rel_tol: float = 1e-4) -> b
     tol = max(rel_tol * abs(gv), 1e-9)
     if gold.decimals >= 1:
         tol = max(tol, 0.5 * 10.0 ** (-gold.decimals) * (1 + 1e-9))
+    elif gold.decimals == -1 and pred.decimals >= 2:  # a fraction gold given as a decimal: "0.33" for 1/3
+        tol = max(tol, 0.5 * 10.0 ** (-pred.decimals) * (1 + 1e-9))
     return any(abs(c - gv) <= tol for c in candidates)
