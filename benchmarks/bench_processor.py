@@ -1,0 +1,90 @@
+"""Image processor speed vs transformers' Qwen2VLImageProcessorPil, measured in the same run.
+
+    python benchmarks/bench_processor.py [--n 32] [--repeats 5] [--seed 0]
+
+Both processors get the same 32 mixed-size RGB PIL images (a quarter already multiples of 28, so no resize; the
+rest are resized, some down past max_pixels when --max-pixels is small). Repeats are interleaved (HF, ours, HF,
+ours, ...) so load from other processes hits both alike; the median of each is reported with their ratio, and the
+max |diff| of pixel_values between the two outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+from PIL import Image
+
+from r1ov_jax.processing import ImageProcessor
+
+
+def make_images(n: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        if i % 4 == 0:  # already on the 28-px grid: no resize in either processor
+            h, w = 28 * rng.integers(4, 40, size=2)
+        else:
+            h, w = rng.integers(60, 1400, size=2)
+        # Smooth gradients plus noise, so bicubic resize sees natural-ish content.
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * 255 // max(w, 1)), (yy * 255 // max(h, 1)), ((xx + yy) % 256)], axis=-1)
+        noise = rng.integers(-20, 21, size=(h, w, 3))
+        images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-pixels", type=int, default=3136)
+    parser.add_argument("--max-pixels", type=int, default=12845056)
+    args = parser.parse_args()
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    images = make_images(args.n, args.seed)
+    ours = ImageProcessor(min_pixels=args.min_pixels, max_pixels=args.max_pixels)  # default threads
+    ours_1t = ImageProcessor(min_pixels=args.min_pixels, max_pixels=args.max_pixels, num_threads=1)
+    hf = Qwen2VLImageProcessorPil(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+
+    def run_hf():
+        return hf(images=images)
+
+    def run_ours():
+        return ours(images)
+
+    def run_ours_1t():
+        return ours_1t(images)
+
+    ref, out, out_1t = run_hf(), run_ours(), run_ours_1t()  # warm-up, and the outputs compared below
+    t_hf, t_ours, t_1t = [], [], []
+    for _ in range(args.repeats):
+        for fn, acc in ((run_hf, t_hf), (run_ours, t_ours), (run_ours_1t, t_1t)):
+            start = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - start)
+
+    ref_pv = np.asarray(ref["pixel_values"])
+    diff = max(float(np.abs(ref_pv - o["pixel_values"]).max()) for o in (out, out_1t))
+    grids_equal = all(np.array_equal(np.asarray(ref["image_grid_thw"]), o["image_grid_thw"]) for o in (out, out_1t))
+    n_patches = out["pixel_values"].shape[0]
+    mp = sum(im.width * im.height for im in images) / 1e6
+    med_hf, med_ours, med_1t = (statistics.median(t) for t in (t_hf, t_ours, t_1t))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (default threads = min(8, CPUs))")
+    print(f"{args.n} images, {mp:.1f} MP in, {n_patches} patches out, min/max_pixels {args.min_pixels}/{args.max_pixels}")
+    print(f"HF Qwen2VLImageProcessorPil: median {med_hf * 1e3:.1f} ms (min {min(t_hf) * 1e3:.1f})")
+    print(f"r1ov ImageProcessor, default threads: median {med_ours * 1e3:.1f} ms (min {min(t_ours) * 1e3:.1f})")
+    print(f"r1ov ImageProcessor, 1 thread:        median {med_1t * 1e3:.1f} ms (min {min(t_1t) * 1e3:.1f})")
+    print(f"speed-up (median HF / median ours): {med_hf / med_ours:.2f}x default threads, {med_hf / med_1t:.2f}x 1 thread")
+    print(f"pixel_values max|diff| = {diff:.3g}; image_grid_thw equal: {grids_equal}")
+
+
+if __name__ == "__main__":
+    main()
