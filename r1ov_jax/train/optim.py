@@ -1,0 +1,73 @@
+"""Optimizer: optax AdamW, linear warmup + cosine decay, global-norm clipping, gradient accumulation and
+freezing of parameter groups (vision tower, merger, decoder) — all from config."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+GROUPS = ("vision", "merger", "decoder")
+
+
+def param_group(path: tuple) -> str:
+    """Which freezable group a parameter path belongs to."""
+    names = [str(p) for p in path]
+    if names[:2] == ["visual", "merger"]:
+        return "merger"
+    if names[:1] == ["visual"]:
+        return "vision"
+    return "decoder"  # language model, embeddings and lm_head
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        lr=1e-5, warmup_ratio=0.05, min_lr_ratio=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+        clip_norm=1.0, grad_accum=1, freeze=(),
+    ))
+
+
+def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=max(warmup, 0),
+        decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """AdamW chain; ``total_steps`` counts optimizer updates (after accumulation)."""
+    unknown = set(cfg.freeze) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
+        optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+    )
+    if cfg.freeze:
+        frozen = set(cfg.freeze)
+        tx = optax.multi_transform(
+            {"train": tx, "frozen": optax.set_to_zero()},
+            lambda params: _labels(params, frozen))
+    if cfg.grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
+    return tx
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _labels(params, frozen: set[str]):
+    def label(path, _):
+        names = tuple(_key_name(k) for k in path)
+        return "frozen" if param_group(names) in frozen else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_nnx_optimizer(model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int) -> nnx.Optimizer:
+    return nnx.Optimizer(model, make_optimizer(cfg, total_steps), wrt=nnx.Param)

@@ -1,0 +1,154 @@
+"""Supervised fine-tuning on formal reasoning traces: assistant-only cross-entropy over packed batches.
+
+A batch is a dict of arrays (from ``r1ov_jax.data.pipeline`` in SFT mode):
+  ``input_ids, segment_ids, loss_mask: [b, L]``, ``positions: [3, b, L]`` (per-segment M-RoPE),
+  optional ``pixel_values: [N, C*T*P*P]`` and ``vision`` (geometry dict, see ``processing.positions``).
+``loss_mask[t]`` marks tokens that are *targets* (assistant content and its ``<|im_end|>``); the logit at
+``t - 1`` predicts token ``t``, and never across a packing boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
+from r1ov_jax.train.metrics import MetricsWriter
+from r1ov_jax.train.optim import make_nnx_optimizer
+
+MODEL_KEYS = ("input_ids", "segment_ids", "positions", "pixel_values", "vision")
+
+
+def token_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Next-token targets ``[b, L-1]`` and their weights (assistant tokens within the same segment)."""
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+    return ids[:, 1:], (batch["loss_mask"][:, 1:].astype(bool) & same).astype(jnp.float32)
+
+
+def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over assistant target tokens of the batch (token-level mean)."""
+    logits = model.forward(**{k: batch[k] for k in MODEL_KEYS if k in batch})[:, :-1]
+    targets, weights = token_targets(batch)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    n = jnp.maximum(weights.sum(), 1.0)
+    loss = (ce * weights).sum() / n
+    acc = ((logits.argmax(-1) == targets) * weights).sum() / n
+    return loss, {"loss": loss, "token_acc": acc, "tokens": weights.sum()}
+
+
+@nnx.jit(donate_argnums=(0, 1))
+def train_step(model, optimizer, batch):
+    (_, aux), grads = nnx.value_and_grad(sft_loss, has_aux=True)(model, batch)
+    optimizer.update(model, grads)
+    aux["grad_norm"] = optax.global_norm(grads)
+    return aux
+
+
+@nnx.jit
+def eval_step(model, batch):
+    return sft_loss(model, batch)[1]
+
+
+def _to_device(batch: dict) -> dict:
+    return jax.tree.map(jnp.asarray, batch)
+
+
+def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *, out_dir: str,
+            eval_batches: list[dict] | None = None, progress: bool = True) -> dict:
+    """Trains ``model`` in place for ``cfg.train.steps`` steps, resuming from ``out_dir/checkpoints``.
+
+    ``train_iter`` may be a Grain iterator (its ``get_state``/``set_state`` make resume exact). Returns the
+    final metrics dict. A SIGTERM/SIGINT saves a checkpoint at the current step and returns early with
+    ``{"preempted": True}``.
+    """
+    tc = cfg.train
+    optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps)
+    ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
+    writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
+    guard = PreemptionGuard()
+    rng = jax.random.key(tc.seed)
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(None, train_state(model, optimizer, rng))
+        nnx.update(model, state["params"])
+        nnx.update(optimizer, state["opt"])
+        start = int(meta["step"])
+        if meta.get("data_state") is not None and hasattr(train_iter, "set_state"):
+            train_iter.set_state(_decode_state(meta["data_state"]))
+        writer.truncate_after(start)
+    bar = tqdm(total=tc.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
+    last, data_wait, t0 = {}, 0.0, time.perf_counter()
+    step = start
+    try:
+        while step < tc.steps:
+            t_data = time.perf_counter()
+            batch = _to_device(next(train_iter))
+            data_wait += time.perf_counter() - t_data
+            aux = train_step(model, optimizer, batch)
+            step += 1
+            if step % tc.log_every == 0 or step == tc.steps:
+                last = {k: float(v) for k, v in aux.items()}
+                last["lr"] = float(optimizer_lr(cfg, step))
+                last["data_wait_frac"] = data_wait / max(time.perf_counter() - t0, 1e-9)
+                writer.write(step, {f"train/{k}": v for k, v in last.items()})
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+            if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
+                ev = [jax.device_get(eval_step(model, _to_device(b))) for b in eval_batches]
+                tokens = sum(float(e["tokens"]) for e in ev)
+                writer.write(step, {"eval/loss": sum(float(e["loss"]) * float(e["tokens"]) for e in ev) / tokens})
+            bar.update(1)
+            meta = {"step": step, "data_state": _encode_state(train_iter)}
+            if guard:
+                ckpt.save(step, train_state(model, optimizer, rng), meta, force=True)
+                ckpt.wait()
+                return {"preempted": True, "step": step, **last}
+            ckpt.save(step, train_state(model, optimizer, rng), meta, force=step == tc.steps)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        guard.close()
+    return {"step": step, **last}
+
+
+def optimizer_lr(cfg, step):
+    from r1ov_jax.train.optim import schedule
+
+    return schedule(cfg.optim, cfg.train.steps)(step)
+
+
+def _encode_state(it) -> object:
+    if not hasattr(it, "get_state"):
+        return None
+    state = it.get_state()
+    if isinstance(state, bytes):
+        return {"bytes": state.decode("latin-1")}
+    return state
+
+
+def _decode_state(state):
+    if isinstance(state, dict) and set(state) == {"bytes"}:
+        return state["bytes"].encode("latin-1")
+    return state
+
+
+def batch_stats(batch: dict) -> dict:
+    """Host-side numbers worth logging about a batch (fill rate of packing)."""
+    seg = np.asarray(batch["segment_ids"])
+    return {"fill": float((seg != 0).mean()), "segments": float(np.mean([len(set(r[r != 0])) for r in seg]))}
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        steps=100, batch_size=8, seq_len=512, log_every=10, eval_every=50, ckpt_every=50, keep_checkpoints=2,
+        seed=0,
+    ))
