@@ -1,0 +1,195 @@
+"""GRPO with verifiable rewards, as R1-Onevision trained (via VLM-R1 / open-r1-multimodal).
+
+Symbols (paper → config): G = ``grpo.num_generations``, β = ``grpo.beta``, ε = ``grpo.epsilon``,
+μ = ``grpo.num_iterations`` (policy updates per batch of rollouts), T = ``grpo.max_new_tokens``.
+
+Per step: sample G completions per prompt with the *current* policy (our KV-cache sampler, no weight copy);
+rewards r = format + accuracy; group advantage A_i = (r_i − mean_g r) / (std_g r + 1e-4); reference
+log-probs from the frozen SFT params; then μ updates of
+
+    L = mean_seq [ Σ_t m_t · −(min(ρ_t A, clip(ρ_t, 1−ε, 1+ε) A) − β KL_t) / Σ_t m_t ]
+    ρ_t = exp(logp_t − old_logp_t),  KL_t = exp(ref_t − logp_t) − (ref_t − logp_t) − 1   (k3 estimator)
+
+With μ = 1, old_logp = stop_gradient(logp), so ρ = 1 but its gradient is that of the policy gradient.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from r1ov_jax.models.qwen2_5_vl.model import decode_positions, next_positions
+from r1ov_jax.rewards import compute_rewards
+from r1ov_jax.rollout.sampler import SamplingConfig, generate
+from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
+from r1ov_jax.train.metrics import MetricsWriter
+from r1ov_jax.train.optim import make_nnx_optimizer
+
+
+def default_grpo_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        num_generations=8, beta=0.04, epsilon=0.2, num_iterations=1, max_new_tokens=256, temperature=1.0,
+        top_p=1.0, top_k=0, reward_weights={"format": 1.0, "accuracy": 1.0},
+    ))
+
+
+# --------------------------------------------------------------------------- pure functions
+def group_advantages(rewards: jax.Array, group_size: int, eps: float = 1e-4) -> jax.Array:
+    """(r − mean_g) / (std_g + eps) within contiguous groups of ``group_size`` rows (torch-style unbiased std,
+    as TRL computes it)."""
+    r = rewards.reshape(-1, group_size)
+    mean = r.mean(-1, keepdims=True)
+    std = jnp.std(r, axis=-1, keepdims=True, ddof=1) if group_size > 1 else jnp.zeros_like(mean)
+    return ((r - mean) / (std + eps)).reshape(-1)
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float, epsilon: float) -> jax.Array:
+    """GRPO objective (scalar, to minimize).
+
+    Args:
+      logp, old_logp, ref_logp, mask: ``[batch, completion_len]`` (mask 1 on real completion tokens).
+      advantages: ``[batch]``.
+    """
+    mask = mask.astype(jnp.float32)
+    ratio = jnp.exp(logp - old_logp)
+    a = advantages[:, None]
+    surrogate = jnp.minimum(ratio * a, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * a)
+    diff = ref_logp - logp
+    kl = jnp.exp(diff) - diff - 1.0
+    per_token = -(surrogate - beta * kl)
+    per_seq = (per_token * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+    return per_seq.mean()
+
+
+# --------------------------------------------------------------------------- model log-probs
+def completion_logprobs(model, prompt: dict, completions: jax.Array, comp_mask: jax.Array, group: int):
+    """log p(completion tokens) ``[B*G, T]`` under ``model``: prompt embeddings (vision tower run once per
+    prompt) repeated G times, then completions appended, one causal pass."""
+    rep = lambda x, axis=0: jnp.repeat(x, group, axis=axis)  # noqa: E731
+    x_prompt = rep(model.embed(prompt["input_ids"], prompt.get("pixel_values"), prompt.get("vision")))
+    x = jnp.concatenate([x_prompt, model.language_model.embed_tokens(completions)], axis=1)
+    seg_prompt, pos_prompt = rep(prompt["segment_ids"]), rep(prompt["positions"], axis=1)
+    t = completions.shape[1]
+    pos_comp = decode_positions(next_positions(pos_prompt, seg_prompt), t)
+    segments = jnp.concatenate([seg_prompt, comp_mask.astype(jnp.int32)], axis=1)
+    positions = jnp.concatenate([pos_prompt, pos_comp], axis=2)
+    h, _ = model.language_model(x, positions, segments)
+    length = seg_prompt.shape[1]
+    logits = model.logits(h[:, length - 1:length - 1 + t]).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    return jnp.take_along_axis(logp, completions[..., None], -1)[..., 0]
+
+
+@nnx.jit(static_argnames=("group",))
+def _logprobs_jit(model, prompt, completions, comp_mask, group):
+    return completion_logprobs(model, prompt, completions, comp_mask, group)
+
+
+@nnx.jit(static_argnames=("group", "beta", "epsilon", "first_iteration"), donate_argnums=(1,))
+def grpo_update(model, optimizer, prompt, completions, comp_mask, old_logp, ref_logp, advantages, *, group,
+                beta, epsilon, first_iteration):
+    def loss_fn(m):
+        logp = completion_logprobs(m, prompt, completions, comp_mask, group)
+        old = jax.lax.stop_gradient(logp) if first_iteration else old_logp
+        loss = grpo_loss(logp, old, ref_logp, advantages, comp_mask, beta, epsilon)
+        mask = comp_mask.astype(jnp.float32)
+        n = jnp.maximum(mask.sum(), 1.0)
+        diff = ref_logp - logp
+        ratio = jnp.exp(logp - old)
+        clipped = ((ratio < 1 - epsilon) | (ratio > 1 + epsilon)).astype(jnp.float32)
+        return loss, {"loss": loss, "kl": ((jnp.exp(diff) - diff - 1) * mask).sum() / n,
+                      "clip_frac": (clipped * mask).sum() / n}
+
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return aux
+
+
+# --------------------------------------------------------------------------- training loop
+def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[[np.ndarray], str],
+             cfg: ml_collections.ConfigDict, *, out_dir: str, eos_ids: tuple[int, ...], pad_id: int,
+             progress: bool = True) -> dict:
+    """GRPO from the current params of ``model`` (the SFT policy); ``ref_model`` = a frozen copy of the SFT
+    policy (``nnx.clone(model)`` before training).
+
+    ``prompt_iter`` yields dicts with ``inputs`` (``model.prepare_inputs`` of left-padded prompts),
+    ``answers`` and ``choices`` (lists, one per prompt). ``decode_fn(token_ids) -> text`` (special tokens
+    dropped) feeds the reward functions.
+    """
+    g, tc = cfg.grpo, cfg.train
+    group = g.num_generations
+    optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps * g.num_iterations)
+    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                              top_p=g.top_p, eos_ids=tuple(eos_ids), pad_id=pad_id)
+    ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
+    writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
+    guard = PreemptionGuard()
+    rng = jax.random.key(tc.seed)
+    step = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(None, train_state(model, optimizer, rng))
+        nnx.update(model, state["params"])
+        nnx.update(optimizer, state["opt"])
+        rng = jax.random.wrap_key_data(state["rng"])
+        step = int(meta["step"])
+        if meta.get("data_state") is not None and hasattr(prompt_iter, "set_state"):
+            prompt_iter.set_state(meta["data_state"])
+        writer.truncate_after(step)
+    bar = tqdm(total=tc.steps, initial=step, desc="grpo", disable=not progress, dynamic_ncols=True)
+    last = {}
+    try:
+        while step < tc.steps:
+            item = next(prompt_iter)
+            prompt = jax.tree.map(jnp.asarray, item["inputs"])
+            rng, key = jax.random.split(rng)
+            t0 = time.perf_counter()
+            samples = generate(model, prompt, key, sampling, num_samples=group)
+            t1 = time.perf_counter()
+            texts = [decode_fn(tok[:n]) for tok, n in zip(samples.tokens, samples.lengths)]
+            golds = [item["answers"][i] for i in samples.prompt_index]
+            choices = [item["choices"][i] for i in samples.prompt_index]
+            rewards = compute_rewards(texts, golds, choices, dict(g.reward_weights))
+            adv = group_advantages(jnp.asarray(rewards["total"]), group)
+            comps = jnp.asarray(samples.tokens)
+            comp_mask = jnp.asarray(np.arange(comps.shape[1])[None] < samples.lengths[:, None])
+            ref_logp = _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
+            t2 = time.perf_counter()
+            old_logp = None
+            for it in range(g.num_iterations):
+                if it == 0 and g.num_iterations > 1:
+                    old_logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
+                aux = grpo_update(model, optimizer, prompt, comps, comp_mask,
+                                  old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
+                                  beta=float(g.beta), epsilon=float(g.epsilon), first_iteration=old_logp is None)
+            t3 = time.perf_counter()
+            step += 1
+            last = {k: float(v) for k, v in aux.items()}
+            last.update(reward=float(rewards["total"].mean()), reward_std=float(rewards["total"].std()),
+                        format_rate=float(rewards.get("format", np.zeros(1)).mean()),
+                        accuracy=float(rewards.get("accuracy", np.zeros(1)).mean()),
+                        completion_len=float(samples.lengths.mean()),
+                        rollout_s=t1 - t0, ref_s=t2 - t1, update_s=t3 - t2)
+            if step % tc.log_every == 0 or step == tc.steps:
+                writer.write(step, {f"grpo/{k}": v for k, v in last.items()})
+            bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}")
+            bar.update(1)
+            meta = {"step": step, "data_state": prompt_iter.get_state() if hasattr(prompt_iter, "get_state")
+                    else None}
+            if guard:
+                ckpt.save(step, train_state(model, optimizer, rng), meta, force=True)
+                ckpt.wait()
+                return {"preempted": True, "step": step, **last}
+            ckpt.save(step, train_state(model, optimizer, rng), meta, force=step == tc.steps)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        guard.close()
+    return {"step": step, **last}
