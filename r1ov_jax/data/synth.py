@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -27,6 +28,8 @@ from r1ov_jax.data.record import Record
 from r1ov_jax.data.rewrite import rewrite
 from r1ov_jax.data.solvers import SolveError
 
+log = logging.getLogger(__name__)
+
 SHARD_PREFIX = "synth.array_record"
 # ArrayRecord option for random access: one record per chunk group (what grain's docs recommend for reading).
 WRITER_OPTIONS = "group_size:1"
@@ -35,7 +38,11 @@ WRITER_OPTIONS = "group_size:1"
 def make_item(i: int, types: Sequence[str], seed: int) -> tuple[int, str, bytes | None, str | None]:
     """Item i: (i, type, serialized record or None, reject reason or None). Pure function of its arguments."""
     kind = types[i % len(types)]
-    rec = generate(kind, seed + i)
+    try:
+        rec = generate(kind, seed + i)
+    except Exception as e:  # a generator bug must not sink a long run: count it (report) and log it
+        log.error("generator %s failed on seed %d: %r", kind, seed + i, e)
+        return i, kind, None, f"generator_error:{type(e).__name__}"
     try:
         rec.trace = make_trace(rec)
     except (SolveError, KeyError, ValueError, ZeroDivisionError):

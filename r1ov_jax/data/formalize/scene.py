@@ -84,29 +84,43 @@ def _desc(o) -> str:
     return f"{o['size']} {o['color']} {o['material']} {o['shape']}"
 
 
+def _fits(box, cx, boxes, cxs) -> bool:
+    """Centres well apart (unambiguous left/right and front/behind) and at most 25% of the smaller box hidden."""
+    for b, c in zip(boxes, cxs):
+        if abs(cx - c) < 8 or abs(box[3] - b[3]) < 4:
+            return False
+        iw = min(box[2], b[2]) - max(box[0], b[0])
+        ih = min(box[3], b[3]) - max(box[1], b[1])
+        small = min((box[2] - box[0]) * (box[3] - box[1]), (b[2] - b[0]) * (b[3] - b[1]))
+        if iw > 0 and ih > 0 and iw * ih > 0.25 * small:
+            return False
+    return True
+
+
 def _sample(rng, n: int) -> list[dict]:
-    """n objects with distinct (color, shape), well-separated centres, little occlusion."""
-    for _ in range(500):
-        combos = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
-        objs = [
-            {"shape": s, "color": c, "size": rng.choice(["small", "large"]), "material": rng.choice(["rubber", "metal"]),
-             "gx": rng.random(), "gy": rng.random()}
-            for c, s in combos
-        ]
-        boxes = [_bbox(o) for o in objs]
-        cx = [(b[0] + b[2]) / 2 for b in boxes]
-        ok = all(abs(cx[i] - cx[j]) >= 8 and abs(boxes[i][3] - boxes[j][3]) >= 4 for i in range(n) for j in range(i + 1, n))
-        for i in range(n):
-            for j in range(i + 1, n):
-                a, b = boxes[i], boxes[j]
-                iw = min(a[2], b[2]) - max(a[0], b[0])
-                ih = min(a[3], b[3]) - max(a[1], b[1])
-                small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-                if iw > 0 and ih > 0 and iw * ih > 0.25 * small:
-                    ok = False
-        if ok:
-            return objs
-    raise RuntimeError("could not place objects")
+    """n objects with distinct (color, shape), placed one at a time (rejection per object); if a scene cannot be
+    completed after a few restarts, one object fewer (still deterministic in the rng)."""
+    while True:
+        for _ in range(20):
+            combos = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
+            objs, boxes, cxs = [], [], []
+            for c, s in combos:
+                o = {"shape": s, "color": c, "size": rng.choice(["small", "large"]),
+                     "material": rng.choice(["rubber", "metal"])}
+                for _ in range(60):
+                    o["gx"], o["gy"] = rng.random(), rng.random()
+                    box = _bbox(o)
+                    cx = (box[0] + box[2]) / 2
+                    if _fits(box, cx, boxes, cxs):
+                        objs.append(o)
+                        boxes.append(box)
+                        cxs.append(cx)
+                        break
+                else:
+                    break
+            if len(objs) == n:
+                return objs
+        n -= 1
 
 
 def _matches(o, f: dict) -> bool:
@@ -131,6 +145,7 @@ def generate(seed: int, level: int | str | None = None) -> Record:
     lv = resolve_level(level, rng)
     n = rng.randint(3, 5) if lv == 0 else rng.randint(4, 8)
     objs = _sample(rng, n)
+    n = len(objs)
     boxes = [_bbox(o) for o in objs]
     for o, b in zip(objs, boxes):
         o["bbox"] = b
