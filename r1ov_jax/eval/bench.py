@@ -177,8 +177,9 @@ def _row_to_item(row, raw_header, images_by_id, base_dir, require_image) -> Benc
     for k in ("question_type", "answer_type", "precision", "unit", "answer_value"):
         if row.get(k, "").strip():
             meta[k] = row[k].strip()
-    return BenchItem(idx, question, choices, answer, level, category, images[0] if images else None,
-                     images[1:], meta)
+    return BenchItem(
+        idx, question, choices, answer, level, category, images[0] if images else None, images[1:], meta
+    )
 
 
 def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
@@ -193,11 +194,15 @@ def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[Bench
         reader = csv.reader(f, delimiter="\t")
         raw_header = next(reader, None)
         if not raw_header:
-            raise ValueError(f"{path}: empty file; expected a TSV header such as index, question, answer, image")
+            raise ValueError(
+                f"{path}: empty file; expected a TSV header such as index, question, answer, image"
+            )
         raw_header = [h.strip() for h in raw_header]
         header = [h if re.fullmatch(r"[A-Z]", h) else h.lower() for h in raw_header]
         if not any(c in header for c in _QUESTION_COLS) or not any(c in header for c in _ANSWER_COLS):
-            raise ValueError(f"{path}: header {raw_header} has no question/answer columns; is this a benchmark TSV?")
+            raise ValueError(
+                f"{path}: header {raw_header} has no question/answer columns; is this a benchmark TSV?"
+            )
         for n, cells in enumerate(reader, start=2):
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
@@ -273,10 +278,17 @@ def items_from_records(records) -> list[BenchItem]:
     for r in records:
         meta = dict(getattr(r, "meta", {}) or {})
         imgs = list(r.images)
-        out.append(BenchItem(
-            id=str(r.id), question=r.question, choices=list(r.choices) if r.choices else None, answer=str(r.answer),
-            level=str(meta.get("level", meta.get("difficulty", ""))),
-            category=str(meta.get("category", meta.get("type", ""))),
-            image_bytes=imgs[0] if imgs else None, extra_images=imgs[1:], meta=meta,
-        ))
+        out.append(
+            BenchItem(
+                id=str(r.id),
+                question=r.question,
+                choices=list(r.choices) if r.choices else None,
+                answer=str(r.answer),
+                level=str(meta.get("level", meta.get("difficulty", ""))),
+                category=str(meta.get("category", meta.get("type", ""))),
+                image_bytes=imgs[0] if imgs else None,
+                extra_images=imgs[1:],
+                meta=meta,
+            )
+        )
     return out

@@ -41,7 +41,9 @@ _PHRASE = re.compile(
     rf"|\*\*answer\*\*(?=\s*\n)",
     re.IGNORECASE,
 )
-_HYPOTHETICAL = re.compile(r"\b(?:if|whether|suppose|supposing|assume|assuming|unless|not sure)\b", re.IGNORECASE)
+_HYPOTHETICAL = re.compile(
+    r"\b(?:if|whether|suppose|supposing|assume|assuming|unless|not sure)\b", re.IGNORECASE
+)
 _CLAUSE_END = re.compile(
     r"(?<=[^\d\s])\.(?=\s|$)|(?<=\d)\.(?=\s+[A-Z]|\s*$)|[;!?。](?=\s|$)"
     r"|,\s+(?:which|so|because|since|as|and|where|thus|hence|therefore|but|i\.e\.)\b|\s+(?:because|since)\s"

@@ -46,12 +46,19 @@ def summarize(records: list[dict], *, n_boot: int = 10_000, seed: int = 0) -> di
     counts...}), rules (how many answers each extraction rule produced).
     """
     recs = list(records)
-    lvl = lambda r: r.get("level") or UNKNOWN  # noqa: E731
-    cat = lambda r: r.get("category") or UNKNOWN  # noqa: E731
+
+    def lvl(r):
+        return r.get("level") or UNKNOWN
+
+    def cat(r):
+        return r.get("category") or UNKNOWN
+
     levels = _order({lvl(r) for r in recs}, GRADES)
     cats = _order({cat(r) for r in recs}, CATEGORIES)
     overall = _counts(recs)
-    overall["ci95"] = list(bootstrap_mean_ci([float(bool(r["correct"])) for r in recs], n_boot=n_boot, seed=seed))
+    overall["ci95"] = list(
+        bootstrap_mean_ci([float(bool(r["correct"])) for r in recs], n_boot=n_boot, seed=seed)
+    )
     cells = []
     for lv in levels:
         for c in cats:
@@ -83,8 +90,10 @@ def format_markdown(summary: dict, title: str = "R1-Onevision-Bench scores") -> 
     out = [
         f"## {title}",
         "",
-        f"Overall accuracy **{_pct(o['accuracy'])}%** (95% bootstrap CI {_pct(lo)}–{_pct(hi)}), n = {o['n']}: "
-        f"{o['correct']} correct, {o['wrong']} wrong, {o['undecided']} undecided.",
+        (
+            f"Overall accuracy **{_pct(o['accuracy'])}%** (95% bootstrap CI {_pct(lo)}–{_pct(hi)}), "
+            f"n = {o['n']}: {o['correct']} correct, {o['wrong']} wrong, {o['undecided']} undecided."
+        ),
         "",
         "Accuracy % (n) by grade × category:",
         "",
@@ -92,16 +101,27 @@ def format_markdown(summary: dict, title: str = "R1-Onevision-Bench scores") -> 
         "|---" * (len(cats) + 2) + "|",
     ]
     for lv in levels:
-        row = [f"{_pct(cell[(lv, c)]['accuracy'])} ({cell[(lv, c)]['n']})" if (lv, c) in cell else "–" for c in cats]
+        row = [
+            f"{_pct(cell[(lv, c)]['accuracy'])} ({cell[(lv, c)]['n']})" if (lv, c) in cell else "–"
+            for c in cats
+        ]
         t = summary["by_level"][lv]
         out.append(f"| {lv} | " + " | ".join(row) + f" | {_pct(t['accuracy'])} ({t['n']}) |")
     tot = [f"{_pct(summary['by_category'][c]['accuracy'])} ({summary['by_category'][c]['n']})" for c in cats]
     out.append(f"| {ALL} | " + " | ".join(tot) + f" | {_pct(o['accuracy'])} ({o['n']}) |")
-    out += ["", "Counts (correct / wrong / undecided):", "",
-            "| Grade | Category | n | correct | wrong | undecided | accuracy % |", "|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "Counts (correct / wrong / undecided):",
+        "",
+        "| Grade | Category | n | correct | wrong | undecided | accuracy % |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in _long_rows(summary):
-        out.append("| " + " | ".join(str(row[k]) for k in ("level", "category", "n", "correct", "wrong",
-                                                             "undecided")) + f" | {_pct(row['accuracy'])} |")
+        out.append(
+            "| "
+            + " | ".join(str(row[k]) for k in ("level", "category", "n", "correct", "wrong", "undecided"))
+            + f" | {_pct(row['accuracy'])} |"
+        )
     rules = ", ".join(f"{k}: {v}" for k, v in sorted(summary["rules"].items()))
     out += ["", f"Extraction rules used: {rules}.", ""]
     return "\n".join(out)
@@ -112,8 +132,13 @@ def _long_rows(summary: dict) -> list[dict]:
     rows += [{"level": lv, "category": ALL, **summary["by_level"][lv]} for lv in summary["levels"]]
     rows += [{"level": ALL, "category": c, **summary["by_category"][c]} for c in summary["categories"]]
     o = summary["overall"]
-    rows.append({"level": ALL, "category": ALL, **{k: o[k] for k in ("n", "correct", "wrong", "undecided",
-                                                                     "accuracy")}})
+    rows.append(
+        {
+            "level": ALL,
+            "category": ALL,
+            **{k: o[k] for k in ("n", "correct", "wrong", "undecided", "accuracy")},
+        }
+    )
     return rows
 
 
@@ -128,14 +153,23 @@ def format_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def write_reports(records: list[dict], out_dir: str | os.PathLike, *, n_boot: int = 10_000, seed: int = 0,
-                  stem: str = "scores", title: str = "R1-Onevision-Bench scores") -> dict:
+def write_reports(
+    records: list[dict],
+    out_dir: str | os.PathLike,
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    stem: str = "scores",
+    title: str = "R1-Onevision-Bench scores",
+) -> dict:
     """Write `{stem}.md`, `{stem}.json`, `{stem}.csv` into out_dir; return the summary (also in the JSON)."""
     summary = summarize(records, n_boot=n_boot, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(format_markdown(summary, title), encoding="utf-8")
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / f"{stem}.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (out / f"{stem}.csv").write_text(format_csv(summary), encoding="utf-8")
     return summary
 
@@ -148,6 +182,8 @@ def format_items(records: list[dict], *, only: str | None = None, width: int = 6
         if only and verdict != only:
             continue
         span = (r.get("span") or "").replace("\n", " ")[:width]
-        lines.append(f"{r['id']}\t{verdict}\t{r.get('rule', '')}\textracted={r.get('extracted')!r}\t"
-                     f"gold={r.get('answer')!r}\t{span}")
+        lines.append(
+            f"{r['id']}\t{verdict}\t{r.get('rule', '')}\textracted={r.get('extracted')!r}\t"
+            f"gold={r.get('answer')!r}\t{span}"
+        )
     return "\n".join(lines)

@@ -60,8 +60,11 @@ def _repair_and_read(path: Path) -> dict[str, dict]:
         data = f.read()
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            log.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run", path,
-                        len(data) - end)
+            log.warning(
+                "%s: dropping a partial last line (%d bytes) left by an interrupted run",
+                path,
+                len(data) - end,
+            )
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
@@ -71,7 +74,9 @@ def _repair_and_read(path: Path) -> dict[str, dict]:
         try:
             rec = json.loads(line)
         except ValueError:
-            raise ValueError(f"{path}:{n}: corrupt line in the middle of the results file; fix or remove it") from None
+            raise ValueError(
+                f"{path}:{n}: corrupt line in the middle of the results file; fix or remove it"
+            ) from None
         done.setdefault(str(rec["id"]), rec)
     return done
 

@@ -104,13 +104,20 @@ def format_comparison(cmp: dict, name_a: str = "A", name_b: str = "B") -> str:
     lo, hi = cmp["ci"]
     lines = [
         f"Paired comparison on {cmp['n_common']} common items"
-        + (f" ({cmp['only_in_a']} only in {name_a}, {cmp['only_in_b']} only in {name_b})"
-           if cmp["only_in_a"] or cmp["only_in_b"] else ""),
+        + (
+            f" ({cmp['only_in_a']} only in {name_a}, {cmp['only_in_b']} only in {name_b})"
+            if cmp["only_in_a"] or cmp["only_in_b"]
+            else ""
+        ),
         f"  accuracy {name_a}: {cmp['acc_a'] * pct:.1f}%   {name_b}: {cmp['acc_b'] * pct:.1f}%",
-        f"  difference {name_b} - {name_a}: {cmp['diff'] * pct:+.1f} points "
-        f"({cmp['level'] * 100:.0f}% bootstrap CI {lo * pct:+.1f} to {hi * pct:+.1f})",
+        (
+            f"  difference {name_b} - {name_a}: {cmp['diff'] * pct:+.1f} points "
+            f"({cmp['level'] * 100:.0f}% bootstrap CI {lo * pct:+.1f} to {hi * pct:+.1f})"
+        ),
         f"  exact McNemar p = {cmp['p_mcnemar']:.4g}",
-        f"  flips: {cmp['a_wrong_b_right']} wrong->right, {cmp['a_right_b_wrong']} right->wrong; "
-        f"{cmp['both_right']} both right, {cmp['both_wrong']} both wrong",
+        (
+            f"  flips: {cmp['a_wrong_b_right']} wrong->right, {cmp['a_right_b_wrong']} right->wrong; "
+            f"{cmp['both_right']} both right, {cmp['both_wrong']} both wrong"
+        ),
     ]
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Verifiable rewards for GRPO: format (`<think>…</think><answer>…</answer>`) and accuracy (answer vs gold).
 
-    from r1ov_jax.rewards import compute_rewards
-    r = compute_rewards(completions, golds, choices_list, weights={"format": 1.0, "accuracy": 1.0})
-    r["total"]  # float32[n] = sum_k weights[k] * r[k]
+from r1ov_jax.rewards import compute_rewards
+r = compute_rewards(completions, golds, choices_list, weights={"format": 1.0, "accuracy": 1.0})
+r["total"]  # float32[n] = sum_k weights[k] * r[k]
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def compute_rewards(
         raise ValueError(f"compute_rewards: {n} completions but {len(choices_list)} choice lists")
     unknown = set(weights) - set(REWARD_FUNCS)
     if unknown:
-        raise ValueError(f"compute_rewards: unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_FUNCS)}")
+        raise ValueError(
+            f"compute_rewards: unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_FUNCS)}"
+        )
     out = {}
     total = np.zeros(n, dtype=np.float32)
     for name, w in weights.items():

@@ -32,8 +32,14 @@ _MAX_PRED_CHARS = 4000  # longer "answers" are not answers; only exact string eq
 _MAX_SYMBOLIC_CHARS = 200
 _MAX_EXPONENT = 64
 _MAX_NESTING = 12
-# Two English words of 3+ letters (not LaTeX commands): prose, not an expression.
-_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}\b.*?(?<![\\A-Za-z])[A-Za-z]{3,}\b")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # an English word of 3+ letters, not a LaTeX command
+
+
+def _is_prose(s: str) -> bool:
+    """Two or more English words: a sentence, not an expression."""
+    return len(_WORD.findall(s, 0, 2000)) >= 2
+
+
 _LABEL_SEP = re.compile(r"(?<![\\A-Za-z\d])[A-Za-z]\s*[.:]\s")  # "A. 3/11 B. 8/11", "x: 5"
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
@@ -153,7 +159,7 @@ def _value_equal(pred: str, gold: str, rel_tol: float, timeout_s: float) -> bool
     if "\\approx" in p or "≈" in p:
         p = re.split(r"\\approx|≈", p)[-1].strip()
     qp, qg = A.parse_quantity(p), A.parse_quantity(g)
-    if qp is None and qg is not None and _PROSE.search(p):
+    if qp is None and qg is not None and _is_prose(p):
         # "There are 3 cubes" / "The area is 12 cm^2": the value after the last copula.
         tail = re.split(r"\b(?:is|are|was|were|equals?|be|of|to)\s+", p)[-1]
         qp = A.parse_quantity(tail)
@@ -161,12 +167,14 @@ def _value_equal(pred: str, gold: str, rel_tol: float, timeout_s: float) -> bool
         return A.quantities_match(qp, qg, rel_tol)
     if A.normalize_text(p) == A.normalize_text(g):
         return True
-    if _PROSE.search(p) or _PROSE.search(g) or _LABEL_SEP.search(p):
+    if _is_prose(p) or _is_prose(g) or _LABEL_SEP.search(p):
         return False  # sentences / option lists are not maths: math-verify would pick some number out of them
     return symbolic_equal(p, g, timeout_s)
 
 
-def gold_letter(gold: str, choices: list[str] | None, rel_tol: float = 1e-4, timeout_s: float = 2.0) -> str | None:
+def gold_letter(
+    gold: str, choices: list[str] | None, rel_tol: float = 1e-4, timeout_s: float = 2.0
+) -> str | None:
     """The gold option letter: the gold itself when it is a valid letter, else the choice whose text it is."""
     g = A.clean_answer(str(gold))
     labels = A.LETTERS[: len(choices)] if choices else A.DEFAULT_LABELS
@@ -182,7 +190,9 @@ def gold_letter(gold: str, choices: list[str] | None, rel_tol: float = 1e-4, tim
     return hits[0] if len(hits) == 1 else None
 
 
-def match_choice_text(pred: str, choices: list[str], rel_tol: float = 1e-4, timeout_s: float = 2.0) -> list[str]:
+def match_choice_text(
+    pred: str, choices: list[str], rel_tol: float = 1e-4, timeout_s: float = 2.0
+) -> list[str]:
     """Letters of the choices whose text `pred` gives (string match first, then value equality)."""
     norm = A.normalize_text(pred)
     if not norm:
@@ -233,7 +243,9 @@ def verify_answer(
         # Gold is not one of the options: a letter prediction stands for its option's text.
         letters = A.parse_letters(pred, A.LETTERS[: len(choices)])
         if letters:
-            return len(letters) == 1 and _value_equal(choices[A.LETTERS.index(letters[0])], gold, rel_tol, timeout_s)
+            return len(letters) == 1 and _value_equal(
+                choices[A.LETTERS.index(letters[0])], gold, rel_tol, timeout_s
+            )
     return _value_equal(pred, gold, rel_tol, timeout_s)
 
 

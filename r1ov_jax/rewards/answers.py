@@ -71,7 +71,12 @@ def clean_answer(s: str) -> str:
         s = boxes[-1][1]
     s = strip_markup(s)
     s = _ANSWER_PREFIX.sub("", s)
-    s = re.sub(r"^(?:approximately|approx\.?|about|around|roughly|exactly|equal to|that)\s+", "", s, flags=re.I)
+    s = re.sub(
+        r"^(?:approximately|approx\.?|about|around|roughly|exactly|equal to|that)\s+",
+        "",
+        s,
+        flags=re.IGNORECASE,
+    )
     s = s.strip().rstrip(".。;,!").strip()
     return s
 
@@ -79,7 +84,13 @@ def clean_answer(s: str) -> str:
 def normalize_text(s: str) -> str:
     """Case/space/punctuation-insensitive form used for string comparison."""
     s = clean_answer(s).lower()
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "").replace("\\ ", "")
+    s = (
+        s.replace("\\left", "")
+        .replace("\\right", "")
+        .replace("\\!", "")
+        .replace("\\,", "")
+        .replace("\\ ", "")
+    )
     s = re.sub(r"[\s{}]", "", s)
     s = s.rstrip(".")
     return s
@@ -92,9 +103,24 @@ def normalize_text(s: str) -> str:
 _LABEL_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])\s*[.):：])\s*")
 # A lone "A" followed by one of these words is still the option letter ("A because ..."); followed by any other
 # lowercase word it is the English article ("A right triangle") and no letter is read.
-_CONNECTIVES = {"because", "since", "as", "is", "and", "or", "which", "with", "so", "for", "given", "it", "here"}
+_CONNECTIVES = {
+    "because",
+    "since",
+    "as",
+    "is",
+    "and",
+    "or",
+    "which",
+    "with",
+    "so",
+    "for",
+    "given",
+    "it",
+    "here",
+}
 _LEAD_LETTER = re.compile(
-    r"^(?:(?:both|either)\s+)?(?:(?:option|choice)\s*)?[(\[]?\s*([A-Z])\s*[)\]]?(?=$|[\s.:,;)\]/&+])", re.IGNORECASE
+    r"^(?:(?:both|either)\s+)?(?:(?:option|choice)\s*)?[(\[]?\s*([A-Z])\s*[)\]]?(?=$|[\s.:,;)\]/&+])",
+    re.IGNORECASE,
 )
 _MORE_LETTERS = re.compile(
     r"^\s*[.)\]]?\s*(?:,|&|/|\+|\band\b|\bor\b)\s*(?:(?:option|choice)\s*)?[(\[]?\s*([A-Z])\s*[)\]]?(?=$|[\s.:,;)\]/&+])",
@@ -104,7 +130,7 @@ _LISTED_LABEL = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|([A-Z])[.):])(?=\s)")
 
 
 def strip_choice_label(text: str, letter: str) -> str:
-    """"B. 8/11" / "(B) 8/11" / "B: 8/11" -> "8/11" when the label is `letter`."""
+    """ "B. 8/11" / "(B) 8/11" / "B: 8/11" -> "8/11" when the label is `letter`."""
     m = _LABEL_PREFIX.match(text)
     if m and (m.group(1) or m.group(2) or m.group(3)) == letter:
         return text[m.end() :].strip()
@@ -196,7 +222,10 @@ def parse_choices_field(raw: str) -> list[str] | None:
             picked.append(m)
             want += 1
     if len(picked) >= 2:
-        texts = [s[m.end() : (picked[i + 1].start() if i + 1 < len(picked) else len(s))] for i, m in enumerate(picked)]
+        texts = [
+            s[m.end() : (picked[i + 1].start() if i + 1 < len(picked) else len(s))]
+            for i, m in enumerate(picked)
+        ]
         return [t.strip().rstrip(";,").strip() for t in texts]
     lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
     if len(lines) >= 2:
@@ -221,22 +250,50 @@ def choices_from_question(question: str) -> list[str] | None:
 
 # unit -> (dimension, factor to SI base). Areas/volumes come from a power suffix (cm^2).
 _UNITS = {
-    "mm": ("length", 1e-3), "cm": ("length", 1e-2), "dm": ("length", 1e-1), "m": ("length", 1.0),
-    "km": ("length", 1e3), "meter": ("length", 1.0), "meters": ("length", 1.0), "metre": ("length", 1.0),
-    "centimeter": ("length", 1e-2), "centimeters": ("length", 1e-2), "kilometer": ("length", 1e3),
-    "kilometers": ("length", 1e3), "mg": ("mass", 1e-6), "g": ("mass", 1e-3), "kg": ("mass", 1.0),
-    "gram": ("mass", 1e-3), "grams": ("mass", 1e-3), "kilogram": ("mass", 1.0), "kilograms": ("mass", 1.0),
-    "ms": ("time", 1e-3), "s": ("time", 1.0), "sec": ("time", 1.0), "second": ("time", 1.0),
-    "seconds": ("time", 1.0), "min": ("time", 60.0), "minute": ("time", 60.0), "minutes": ("time", 60.0),
-    "h": ("time", 3600.0), "hr": ("time", 3600.0), "hour": ("time", 3600.0), "hours": ("time", 3600.0),
-    "ml": ("volume", 1e-6), "l": ("volume", 1e-3), "liter": ("volume", 1e-3), "liters": ("volume", 1e-3),
-    "deg": ("angle", 1.0), "degree": ("angle", 1.0), "degrees": ("angle", 1.0),
+    "mm": ("length", 1e-3),
+    "cm": ("length", 1e-2),
+    "dm": ("length", 1e-1),
+    "m": ("length", 1.0),
+    "km": ("length", 1e3),
+    "meter": ("length", 1.0),
+    "meters": ("length", 1.0),
+    "metre": ("length", 1.0),
+    "centimeter": ("length", 1e-2),
+    "centimeters": ("length", 1e-2),
+    "kilometer": ("length", 1e3),
+    "kilometers": ("length", 1e3),
+    "mg": ("mass", 1e-6),
+    "g": ("mass", 1e-3),
+    "kg": ("mass", 1.0),
+    "gram": ("mass", 1e-3),
+    "grams": ("mass", 1e-3),
+    "kilogram": ("mass", 1.0),
+    "kilograms": ("mass", 1.0),
+    "ms": ("time", 1e-3),
+    "s": ("time", 1.0),
+    "sec": ("time", 1.0),
+    "second": ("time", 1.0),
+    "seconds": ("time", 1.0),
+    "min": ("time", 60.0),
+    "minute": ("time", 60.0),
+    "minutes": ("time", 60.0),
+    "h": ("time", 3600.0),
+    "hr": ("time", 3600.0),
+    "hour": ("time", 3600.0),
+    "hours": ("time", 3600.0),
+    "ml": ("volume", 1e-6),
+    "l": ("volume", 1e-3),
+    "liter": ("volume", 1e-3),
+    "liters": ("volume", 1e-3),
+    "deg": ("angle", 1.0),
+    "degree": ("angle", 1.0),
+    "degrees": ("angle", 1.0),
 }
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_QUANTITY = re.compile(
-    rf"^(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?\s*(?P<unit>[^\d\s=<>].{{0,30}})?$"
+_QUANTITY = re.compile(rf"^(?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?\s*(?P<unit>[^\d\s=<>].{{0,30}})?$")
+_FRAC = re.compile(
+    r"^(?P<sign>[-+]?)\\[dt]?frac\s*\{\s*(?P<num>[^{}]+?)\s*\}\s*\{\s*(?P<den>[^{}]+?)\s*\}\s*(?P<unit>.*)$"
 )
-_FRAC = re.compile(r"^(?P<sign>[-+]?)\\[dt]?frac\s*\{\s*(?P<num>[^{}]+?)\s*\}\s*\{\s*(?P<den>[^{}]+?)\s*\}\s*(?P<unit>.*)$")
 
 
 @dataclass(frozen=True)

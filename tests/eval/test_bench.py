@@ -7,6 +7,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -99,12 +100,21 @@ def fake_generate(plan, calls=None, fail_after_calls=None):
         for it in batch:
             kind, k = plan[it.id], int(it.id)
             if it.choices is None:  # free-form, gold 12 cm
-                outs.append({"right": "<think>scale 1:10</think><answer>0.12 m</answer>",
-                             "wrong": "The final answer is 15 cm.",
-                             "undecided": "It is hard to tell from the figure."}[kind])
+                outs.append(
+                    {
+                        "right": "<think>scale 1:10</think><answer>0.12 m</answer>",
+                        "wrong": "The final answer is 15 cm.",
+                        "undecided": "It is hard to tell from the figure.",
+                    }[kind]
+                )
             elif kind == "right":
-                outs.append(["<think>8 of 11 shaded</think><answer>B</answer>", "So the answer is 8/11.",
-                             "Final answer: $\\boxed{B}$"][k % 3])
+                outs.append(
+                    [
+                        "<think>8 of 11 shaded</think><answer>B</answer>",
+                        "So the answer is 8/11.",
+                        "Final answer: $\\boxed{B}$",
+                    ][k % 3]
+                )
             elif kind == "wrong":
                 outs.append(["<answer>C</answer>", "The answer is A and B.", "**Answer:** D"][k % 3])
             else:
@@ -126,7 +136,11 @@ def test_load_bench_counts_bad_rows(bench):
     assert len(bench.items) == 40
     assert bench.report.rows == 45 and bench.report.kept == 40
     assert dict(bench.report.skipped) == {
-        "bad_field_count": 1, "bad_base64": 1, "empty_answer": 1, "duplicate_id": 1, "bad_image": 1,
+        "bad_field_count": 1,
+        "bad_base64": 1,
+        "empty_answer": 1,
+        "duplicate_id": 1,
+        "bad_image": 1,
     }
     it = bench.items[0]
     assert it.id == "1" and it.choices == CHOICES and it.answer == "B"
@@ -152,11 +166,20 @@ def test_fixture_scores_as_expected(bench, tmp_path):
     lo, hi = o["ci95"]
     assert 0.45 < lo < 0.65 < hi < 0.82
     by_cat = {c: (v["correct"], v["wrong"], v["undecided"]) for c, v in s["by_category"].items()}
-    assert by_cat == {"Math": (4, 4, 0), "Physics": (4, 0, 4), "Chemistry": (6, 2, 0), "Biology": (8, 0, 0),
-                      "Deduction": (4, 3, 1)}
+    assert by_cat == {
+        "Math": (4, 4, 0),
+        "Physics": (4, 0, 4),
+        "Chemistry": (6, 2, 0),
+        "Biology": (8, 0, 0),
+        "Deduction": (4, 3, 1),
+    }
     by_lvl = {lv: (v["correct"], v["wrong"], v["undecided"]) for lv, v in s["by_level"].items()}
-    assert by_lvl == {"Junior High School": (7, 2, 1), "High School": (7, 2, 1), "College": (6, 3, 1),
-                      "Social Test": (6, 2, 2)}
+    assert by_lvl == {
+        "Junior High School": (7, 2, 1),
+        "High School": (7, 2, 1),
+        "College": (6, 3, 1),
+        "Social Test": (6, 2, 2),
+    }
     assert s["levels"] == list(GRADES) and s["categories"] == list(CATEGORIES)
     cell = {(c["level"], c["category"]): c for c in s["cells"]}
     assert cell[("College", "Chemistry")]["accuracy"] == 0.5
@@ -165,13 +188,16 @@ def test_fixture_scores_as_expected(bench, tmp_path):
     md = (tmp_path / "run" / "scores.md").read_text()
     assert "| Grade \\ Category | Math | Physics | Chemistry | Biology | Deduction | All |" in md
     assert "**65.0%**" in md and "| Junior High School | 50.0 (2) | 50.0 (2) | 100.0 (2) | 100.0 (2) |" in md
-    rows = list(csv.DictReader(open(tmp_path / "run" / "scores.csv")))
-    total = [r for r in rows if r["level"] == "All" and r["category"] == "All"][0]
+    with open(tmp_path / "run" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    total = next(r for r in rows if r["level"] == "All" and r["category"] == "All")
     assert (total["correct"], total["wrong"], total["undecided"]) == ("26", "9", "5")
     assert json.loads((tmp_path / "run" / "scores.json").read_text())["overall"]["correct"] == 26
     # per-item extraction is stored for display
     rec = {r["id"]: r for r in records}
-    assert rec["4"]["rule"] == "none" and rec["4"]["undecided"] and rec["4"]["extracted"] is None  # Physics #2
+    assert (
+        rec["4"]["rule"] == "none" and rec["4"]["undecided"] and rec["4"]["extracted"] is None
+    )  # Physics #2
     assert (rec["3"]["rule"], rec["3"]["extracted"], rec["3"]["correct"]) == ("answer_tag", "0.12 m", True)
     assert (rec["5"]["rule"], rec["5"]["extracted"], rec["5"]["correct"]) == ("boxed", "B", True)
     assert (rec["2"]["rule"], rec["2"]["extracted"], rec["2"]["correct"]) == ("phrase", "D", False)
@@ -183,8 +209,13 @@ def test_killed_eval_resumes_without_rescoring(bench, tmp_path):
     out = tmp_path / "run"
     calls = []
     with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate(bench.items, fake_generate(bench.plan, calls, fail_after_calls=2), out, batch_size=4,
-                 progress=False)
+        evaluate(
+            bench.items,
+            fake_generate(bench.plan, calls, fail_after_calls=2),
+            out,
+            batch_size=4,
+            progress=False,
+        )
     first = (out / "results.jsonl").read_text().splitlines()
     assert len(first) == 8  # two batches of 4 finished before the crash
     calls2 = []
@@ -253,7 +284,12 @@ def test_compare_paired(tmp_path):
     assert cmp["n_common"] == 30 and cmp["only_in_a"] == 2 and cmp["only_in_b"] == 1
     assert cmp["acc_a"] == pytest.approx(13 / 30) and cmp["acc_b"] == pytest.approx(22 / 30)
     assert cmp["diff"] == pytest.approx(0.3)
-    assert (cmp["a_right_b_wrong"], cmp["a_wrong_b_right"], cmp["both_right"], cmp["both_wrong"]) == (3, 12, 10, 5)
+    assert (cmp["a_right_b_wrong"], cmp["a_wrong_b_right"], cmp["both_right"], cmp["both_wrong"]) == (
+        3,
+        12,
+        10,
+        5,
+    )
     assert cmp["p_mcnemar"] == pytest.approx(1152 / 32768)
     lo, hi = cmp["ci"]
     assert 0.0 < lo < 0.3 < hi < 0.6  # se ~ 0.117 -> roughly 0.07..0.53
@@ -291,25 +327,64 @@ def write_tsv(path, header, rows):
 def test_vlmevalkit_layouts(tmp_path):
     img = png_b64()
     # MathVista: choices as a Python list literal, the letter in answer_option, grade/task for level/category.
-    p = write_tsv(tmp_path / "mathvista.tsv",
-                  ["index", "image", "question", "answer", "question_type", "answer_type", "choices",
-                   "answer_option", "grade", "task", "precision"],
-                  [["1", img, "What fraction is blue?", "8/11", "multi_choice", "text",
-                    "['3/11', '8/11', '6/11', '3/5']", "B", "elementary school", "figure QA", ""],
-                   ["2", img, "How many?", "4", "free_form", "integer", "", "", "high school", "math word", ""]])
+    p = write_tsv(
+        tmp_path / "mathvista.tsv",
+        [
+            "index",
+            "image",
+            "question",
+            "answer",
+            "question_type",
+            "answer_type",
+            "choices",
+            "answer_option",
+            "grade",
+            "task",
+            "precision",
+        ],
+        [
+            [
+                "1",
+                img,
+                "What fraction is blue?",
+                "8/11",
+                "multi_choice",
+                "text",
+                "['3/11', '8/11', '6/11', '3/5']",
+                "B",
+                "elementary school",
+                "figure QA",
+                "",
+            ],
+            ["2", img, "How many?", "4", "free_form", "integer", "", "", "high school", "math word", ""],
+        ],
+    )
     items, rep = load_bench(p)
     assert rep.kept == 2 and items[0].choices == CHOICES and items[0].answer == "B"
     assert (items[0].level, items[0].category) == ("elementary school", "figure QA")
     assert items[1].choices is None and items[1].meta["answer_type"] == "integer"
     # WeMath / MMBench: option columns A..D, answer letter.
-    p = write_tsv(tmp_path / "wemath.tsv", ["index", "image", "question", "A", "B", "C", "D", "E", "answer", "key"],
-                  [["7", img, "Which angle is acute?", "30°", "90°", "120°", "180°", "nan", "A", "2steps_1"]])
+    p = write_tsv(
+        tmp_path / "wemath.tsv",
+        ["index", "image", "question", "A", "B", "C", "D", "E", "answer", "key"],
+        [["7", img, "Which angle is acute?", "30°", "90°", "120°", "180°", "nan", "A", "2steps_1"]],
+    )
     items, _ = load_bench(p)
     assert items[0].choices == ["30°", "90°", "120°", "180°"] and items[0].answer == "A"
     # MathVerse: options inside the question text, metadata dict for level/category.
-    p = write_tsv(tmp_path / "mathverse.tsv", ["index", "image", "question", "answer", "metadata"],
-                  [["3", img, "Find BC.\nChoices:\nA:2\nB:2√3\nC:√3\nD:2√2", "C",
-                    "{'subject': 'plane geometry', 'subfield': 'length', 'problem_version': 'Vision Only'}"]])
+    p = write_tsv(
+        tmp_path / "mathverse.tsv",
+        ["index", "image", "question", "answer", "metadata"],
+        [
+            [
+                "3",
+                img,
+                "Find BC.\nChoices:\nA:2\nB:2√3\nC:√3\nD:2√2",
+                "C",
+                "{'subject': 'plane geometry', 'subfield': 'length', 'problem_version': 'Vision Only'}",
+            ]
+        ],
+    )
     items, _ = load_bench(p)
     assert items[0].choices == ["2", "2√3", "√3", "2√2"]
     assert (items[0].level, items[0].category) == ("Vision Only", "length")
@@ -317,24 +392,49 @@ def test_vlmevalkit_layouts(tmp_path):
 
     assert score_answer("So BC = √3, the answer is C.", items[0].answer, items[0].choices).correct
     # MathVision: choices literal (may be empty), level as a number.
-    p = write_tsv(tmp_path / "mathvision.tsv", ["index", "image", "question", "answer", "choices", "level",
-                                                 "category"],
-                  [["9", img, "Which one?", "E", "['1', '2', '3', '4', '5']", "2", "metric geometry - angle"],
-                   ["10", img, "How many?", "6", "[]", "1", "counting"],
-                   ["11", img, "Broken", "B", "['1', '2'", "1", "counting"]])
+    p = write_tsv(
+        tmp_path / "mathvision.tsv",
+        ["index", "image", "question", "answer", "choices", "level", "category"],
+        [
+            ["9", img, "Which one?", "E", "['1', '2', '3', '4', '5']", "2", "metric geometry - angle"],
+            ["10", img, "How many?", "6", "[]", "1", "counting"],
+            ["11", img, "Broken", "B", "['1', '2'", "1", "counting"],
+        ],
+    )
     items, rep = load_bench(p)
-    assert [i.id for i in items] == ["9", "10"] and items[1].choices is None and dict(rep.skipped) == {
-        "bad_choices": 1}
+    assert (
+        [i.id for i in items] == ["9", "10"]
+        and items[1].choices is None
+        and dict(rep.skipped) == {"bad_choices": 1}
+    )
 
 
 def test_jsonl_and_records(tmp_path):
     p = tmp_path / "held_out.jsonl"
-    p.write_text(json.dumps({"id": "a1", "question": "How many cubes?", "answer": "3", "image": png_b64(),
-                             "level": "easy", "category": "scene"}) + "\n" + "{not json\n")
+    p.write_text(
+        json.dumps(
+            {
+                "id": "a1",
+                "question": "How many cubes?",
+                "answer": "3",
+                "image": png_b64(),
+                "level": "easy",
+                "category": "scene",
+            }
+        )
+        + "\n"
+        + "{not json\n"
+    )
     items, rep = load_bench(str(p))
     assert len(items) == 1 and items[0].answer == "3" and dict(rep.skipped) == {"bad_json": 1}
-    rec = SimpleNamespace(id="g-1", images=[b"\x89PNG..."], question="Q?", answer="B", choices=["x", "y"],
-                          meta={"type": "chart"})
+    rec = SimpleNamespace(
+        id="g-1",
+        images=[b"\x89PNG..."],
+        question="Q?",
+        answer="B",
+        choices=["x", "y"],
+        meta={"type": "chart"},
+    )
     (it,) = items_from_records([rec])
     assert it.category == "chart" and it.choices == ["x", "y"] and it.image_bytes == b"\x89PNG..."
     with pytest.raises(ValueError, match="unknown benchmark format"):
@@ -348,18 +448,22 @@ def test_jsonl_and_records(tmp_path):
 
 
 class _JudgeHandler(BaseHTTPRequestHandler):
-    requests: list = []
+    requests: ClassVar[list] = []
     reply = "B"
     status = 200
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        type(self).requests.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+        )
         if type(self).status != 200:
             self.send_response(type(self).status)
             self.end_headers()
             return
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": type(self).reply}}]}).encode()
+        data = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": type(self).reply}}]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -399,11 +503,21 @@ def test_judge_only_for_undecided(bench, tmp_path, judge_server):
 def test_judge_none_and_errors_leave_undecided(bench, tmp_path, judge_server):
     items = [bench.items[3]]  # undecided output
     _JudgeHandler.reply = "NONE"
-    (r,) = evaluate(items, fake_generate(bench.plan), tmp_path / "a", progress=False,
-                    judge=OpenAIJudge(judge_server, "m", retries=0))
+    (r,) = evaluate(
+        items,
+        fake_generate(bench.plan),
+        tmp_path / "a",
+        progress=False,
+        judge=OpenAIJudge(judge_server, "m", retries=0),
+    )
     assert r["undecided"] and r["rule"] == "none" and r["judge_reply"] is None
     _JudgeHandler.status = 400
-    (r,) = evaluate(items, fake_generate(bench.plan), tmp_path / "b", progress=False,
-                    judge=OpenAIJudge(judge_server, "m", retries=0))
+    (r,) = evaluate(
+        items,
+        fake_generate(bench.plan),
+        tmp_path / "b",
+        progress=False,
+        judge=OpenAIJudge(judge_server, "m", retries=0),
+    )
     assert r["undecided"] and "HTTP 400" in r["judge_error"]
     assert format_markdown(summarize([r], n_boot=100)).count("undecided") >= 1

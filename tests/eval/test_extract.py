@@ -18,6 +18,7 @@ THINK = (
     "shaded. Option A: 3/11 counts the unshaded ones. Option C: 6/11 is too small.\n</think>\n"
 )
 
+# fmt: off
 CASES = [
     # ---- rule 1: last <answer> block wins over everything ------------------------------------------------------
     ("tag letter", THINK + "<answer>B</answer>", "B", MC, "answer_tag", "B", True),
@@ -61,8 +62,8 @@ CASES = [
     ("boxed several letters", "\\boxed{B, D}", "B", MC, "boxed", "B,D", False),
     ("phrase letter not an option", "The answer is E.", "B", MC, "phrase", "E", False),
     ("phrase negation then but", "The answer is not A, but B.", "B", MC, "phrase", "B", True),
-    ("hypothetical skipped", "If the answer is A, the ratio would be 3/11, which contradicts the figure. "
-     "So the answer is B.", "B", MC, "phrase", "B", True),
+    ("hypothetical skipped", ("If the answer is A, the ratio would be 3/11, which contradicts the figure. "
+                              "So the answer is B."), "B", MC, "phrase", "B", True),
     ("hypothetical last is skipped", "So the answer is B. But if the answer were A then 3 sectors...", "B", MC,
      "phrase", "B", True),
     ("letter-only gold without choices", "The length of BC is $\\sqrt{3}$, so the answer is C: $\\sqrt{3}$.",
@@ -107,6 +108,7 @@ CASES = [
     ("empty output", "", "B", MC, "none", None, False),
     ("bare word free-form", "triangle", "3", None, "none", None, False),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(
