@@ -31,13 +31,28 @@ def main() -> None:
         rep = synthesize(os.path.join(d, f"w{args.workers}"), args.num, workers=args.workers, progress=False)
         rows.append((f"{args.workers} workers", rep))
         for name, r in rows:
-            print(json.dumps({"run": name, "machine": machine, "num": r["num_requested"], "written": r["num_written"],
-                              "seconds": r["seconds"], "items_per_second": r["items_per_second"],
-                              "rejected": r["rejected"]}))
+            print(
+                json.dumps(
+                    {
+                        "run": name,
+                        "machine": machine,
+                        "num": r["num_requested"],
+                        "written": r["num_written"],
+                        "seconds": r["seconds"],
+                        "items_per_second": r["items_per_second"],
+                        "rejected": r["rejected"],
+                    }
+                )
+            )
         if len(rows) == 2:
-            print(f"speed-up {args.workers} workers vs 1: "
-                  f"{rows[1][1]['items_per_second'] / rows[0][1]['items_per_second']:.2f}x (items/s ratio)")
-        size = sum(os.path.getsize(os.path.join(d, f"w{args.workers}", f)) for f in os.listdir(os.path.join(d, f"w{args.workers}")))
+            print(
+                f"speed-up {args.workers} workers vs 1: "
+                f"{rows[1][1]['items_per_second'] / rows[0][1]['items_per_second']:.2f}x (items/s ratio)"
+            )
+        size = sum(
+            os.path.getsize(os.path.join(d, f"w{args.workers}", f))
+            for f in os.listdir(os.path.join(d, f"w{args.workers}"))
+        )
         print(f"output size for {args.num} items: {size / 2**20:.1f} MiB")
 
 

@@ -54,7 +54,9 @@ class ImportReport:
     kept: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list = dataclasses.field(default_factory=list)  # (row number, reason, detail), first 20
-    notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kept rows with quirks
+    notes: collections.Counter = dataclasses.field(
+        default_factory=collections.Counter
+    )  # kept rows with quirks
 
     def skip(self, row: int, err: RowError) -> None:
         self.skipped[err.reason] += 1
@@ -63,8 +65,14 @@ class ImportReport:
         log.warning("%s row %d skipped (%s): %s", self.path, row, err.reason, err)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "rows": self.rows, "kept": self.kept, "skipped": dict(self.skipped),
-                "notes": dict(self.notes), "examples": [list(e) for e in self.examples]}
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "notes": dict(self.notes),
+            "examples": [list(e) for e in self.examples],
+        }
 
 
 def decode_image(value, *, field: str = "image") -> bytes:
@@ -90,7 +98,9 @@ def decode_image(value, *, field: str = "image") -> bytes:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RowError("bad_image", f"{field} decodes to {len(data)} bytes that are not an image ({e})") from None
+        raise RowError(
+            "bad_image", f"{field} decodes to {len(data)} bytes that are not an image ({e})"
+        ) from None
     if image_format(data) is None:  # e.g. BMP/TIFF: store as PNG so every record holds PNG/JPEG/GIF/WebP
         buf = io.BytesIO()
         with Image.open(io.BytesIO(data)) as im:
@@ -102,7 +112,7 @@ def decode_image(value, *, field: str = "image") -> bytes:
 def split_response(value: str) -> tuple[str, str]:
     """Assistant response → (trace, final answer)."""
     text = value.strip()
-    m = re.findall(r"<answer>(.*?)</answer>", text, re.S)
+    m = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
     if m:
         return text, m[-1].strip()
     tail = text.rsplit("</think>", 1)[-1].strip() if "</think>" in text else text
@@ -150,7 +160,9 @@ def _conversation_row(row: dict, n: int, report: ImportReport, source: str) -> R
     return Record(id=rid, images=[image], formal="", question=question, answer=answer, trace=trace, meta=meta)
 
 
-def iter_r1onevision_parquet(path: str, report: ImportReport | None = None, batch_size: int = 256) -> Iterator[Record]:
+def iter_r1onevision_parquet(
+    path: str, report: ImportReport | None = None, batch_size: int = 256
+) -> Iterator[Record]:
     """Stream records from an R1-Onevision parquet file; bad rows are counted in `report` and skipped."""
     import pyarrow.parquet as pq
 
@@ -196,7 +208,9 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
         header = [h.strip().lower() for h in header]
         missing = [c for c in BENCH_COLUMNS if c not in header and c != "choices"]
         if missing:
-            raise ValueError(f"{path}: header lacks column(s) {missing}; expected {BENCH_COLUMNS}, got {header}")
+            raise ValueError(
+                f"{path}: header lacks column(s) {missing}; expected {BENCH_COLUMNS}, got {header}"
+            )
         for n, cells in enumerate(reader, start=2):  # n = line number of the row in the file (header is 1)
             if not cells:
                 continue
@@ -223,10 +237,22 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
                 else:
                     image = decode_image(img)
                 images[idx] = image
-                meta = {"type": "bench", "source": "r1-onevision-bench", "index": idx,
-                        "level": row["level"].strip(), "category": row["category"].strip()}
-                rec = Record(id=f"bench-{idx}", images=[image], formal="", question=question, answer=answer,
-                             choices=choices, meta=meta).validate()
+                meta = {
+                    "type": "bench",
+                    "source": "r1-onevision-bench",
+                    "index": idx,
+                    "level": row["level"].strip(),
+                    "category": row["category"].strip(),
+                }
+                rec = Record(
+                    id=f"bench-{idx}",
+                    images=[image],
+                    formal="",
+                    question=question,
+                    answer=answer,
+                    choices=choices,
+                    meta=meta,
+                ).validate()
             except RowError as e:
                 report.skip(n, e)
             except RecordError as e:

@@ -56,9 +56,13 @@ def make_trace(rec: Record) -> str:
     if rec.choices:
         idx = pick_choice(sol.value, rec.choices)
         if idx is None:
-            raise SolveError(f"record {rec.id!r}: computed value {sol.value!r} matches no option of {rec.choices}")
+            raise SolveError(
+                f"record {rec.id!r}: computed value {sol.value!r} matches no option of {rec.choices}"
+            )
         opts = ", ".join(f"{letter(i)}. {c}" for i, c in enumerate(rec.choices))
-        steps.append(f"The result is {sol.value}. Among the options ({opts}), it matches option {letter(idx)}.")
+        steps.append(
+            f"The result is {sol.value}. Among the options ({opts}), it matches option {letter(idx)}."
+        )
         return format_trace(steps, letter(idx))
     steps.append(f"So the answer is {sol.value}.")
     return format_trace(steps, sol.value)
@@ -88,12 +92,20 @@ class Teacher:
         return f"Description of the image:\n{rec.formal}\n\nQuestion: {rec.prompt_text()}\n\n{FORMAT_SUFFIX}"
 
     def complete(self, messages: list[dict]) -> dict:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                           "max_tokens": self.max_tokens}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": messages,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", data=body, headers=headers)
+        req = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions", data=body, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode("utf-8"))
@@ -102,12 +114,15 @@ class Teacher:
 
     def trace(self, rec: Record) -> str:
         """The teacher's trace for `rec`, normalized to <think>…</think><answer>…</answer> where possible."""
-        out = self.complete([{"role": "system", "content": self.system_prompt},
-                             {"role": "user", "content": self.prompt(rec)}])
+        out = self.complete(
+            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": self.prompt(rec)}]
+        )
         try:
             msg = out["choices"][0]["message"]
         except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"teacher endpoint {self.base_url}: unexpected response {str(out)[:200]}") from None
+            raise RuntimeError(
+                f"teacher endpoint {self.base_url}: unexpected response {str(out)[:200]}"
+            ) from None
         content = (msg.get("content") or "").strip()
         thinking = (msg.get("reasoning_content") or "").strip()
         if thinking and "<think>" not in content:

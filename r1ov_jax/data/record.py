@@ -75,26 +75,36 @@ class Record:
         if not isinstance(self.id, str) or not self.id:
             raise RecordError(f"{where}: field 'id' must be a non-empty str, got {self.id!r}")
         if not isinstance(self.images, list):
-            raise RecordError(f"{where}: field 'images' must be a list of bytes, got {type(self.images).__name__}")
+            raise RecordError(
+                f"{where}: field 'images' must be a list of bytes, got {type(self.images).__name__}"
+            )
         for i, img in enumerate(self.images):
             if not isinstance(img, (bytes, bytearray)):
                 raise RecordError(f"{where}: images[{i}] must be bytes, got {type(img).__name__}")
             if image_format(bytes(img)) is None:
-                raise RecordError(f"{where}: images[{i}] is not PNG/JPEG/GIF/WebP data (starts {bytes(img[:8])!r})")
+                raise RecordError(
+                    f"{where}: images[{i}] is not PNG/JPEG/GIF/WebP data (starts {bytes(img[:8])!r})"
+                )
         for name in ("formal", "question", "answer"):
             if not isinstance(getattr(self, name), str):
-                raise RecordError(f"{where}: field {name!r} must be a str, got {type(getattr(self, name)).__name__}")
+                raise RecordError(
+                    f"{where}: field {name!r} must be a str, got {type(getattr(self, name)).__name__}"
+                )
         if not self.question.strip():
             raise RecordError(f"{where}: field 'question' is empty")
         if not self.answer.strip():
             raise RecordError(f"{where}: field 'answer' is empty")
         if self.choices is not None:
             if not isinstance(self.choices, list) or not all(isinstance(c, str) for c in self.choices):
-                raise RecordError(f"{where}: field 'choices' must be a list of str or None, got {self.choices!r}")
+                raise RecordError(
+                    f"{where}: field 'choices' must be a list of str or None, got {self.choices!r}"
+                )
             if not 2 <= len(self.choices) <= 26:
                 raise RecordError(f"{where}: field 'choices' needs 2..26 options, got {len(self.choices)}")
         if self.trace is not None and not isinstance(self.trace, str):
-            raise RecordError(f"{where}: field 'trace' must be a str or None, got {type(self.trace).__name__}")
+            raise RecordError(
+                f"{where}: field 'trace' must be a str or None, got {type(self.trace).__name__}"
+            )
         if not isinstance(self.meta, dict):
             raise RecordError(f"{where}: field 'meta' must be a dict, got {type(self.meta).__name__}")
         try:

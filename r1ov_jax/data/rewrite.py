@@ -30,10 +30,12 @@ _ARTEFACT = (
     r"(?:description|netlist|spice netlist|csv data|csv|data table|object list|list of objects|plotting code|"
     r"code|expression|coordinates? list|schedule text|report text|ocr text|text|report|markdown table|table)"
 )
-_PREFIXED = re.compile(rf"\b(according to|based on|from|in|using|per) the {_ARTEFACT}\b", re.I)
-_BARE = re.compile(rf"\b(the|this) {_ARTEFACT}\b", re.I)
-_VERB = re.compile(r"\b(the (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
-                   r"(gives|lists|reads|says|states|contains|specifies|provides)\b")
+_PREFIXED = re.compile(rf"\b(according to|based on|from|in|using|per) the {_ARTEFACT}\b", re.IGNORECASE)
+_BARE = re.compile(rf"\b(the|this) {_ARTEFACT}\b", re.IGNORECASE)
+_VERB = re.compile(
+    r"\b(the (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
+    r"(gives|lists|reads|says|states|contains|specifies|provides)\b"
+)
 _LEAD = {"according to": "looking at", "based on": "looking at", "per": "as shown in", "using": "reading"}
 
 
@@ -54,8 +56,12 @@ def rewrite_text(text: str, kind: str | None = None) -> str:
     out = _PREFIXED.sub(prefixed, text)
     out = _BARE.sub(bare, out)
     out = _VERB.sub(lambda m: f"{m.group(1)} shows", out)
-    out = re.sub(r"\b(The (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
-                 r"(gives|lists|reads|says|states|contains|specifies|provides)\b", lambda m: f"{m.group(1)} shows", out)
+    out = re.sub(
+        r"\b(The (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
+        r"(gives|lists|reads|says|states|contains|specifies|provides)\b",
+        lambda m: f"{m.group(1)} shows",
+        out,
+    )
     return out
 
 

@@ -55,13 +55,15 @@ class R1ovData(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "type": tfds.features.Text(),
-                "level": tfds.features.Text(),
-                "category": tfds.features.Text(),
-                "record": tfds.features.Tensor(shape=(), dtype=np.object_),  # Record.to_bytes()
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(),
+                    "type": tfds.features.Text(),
+                    "level": tfds.features.Text(),
+                    "category": tfds.features.Text(),
+                    "record": tfds.features.Tensor(shape=(), dtype=np.object_),  # Record.to_bytes()
+                }
+            ),
             homepage="https://arxiv.org/abs/2503.10615",
         )
 
@@ -76,13 +78,16 @@ class R1ovData(tfds.core.GeneratorBasedBuilder):
             for rec in iter_source(path):
                 key = rec.id if rec.id not in seen else f"{rec.id}@{path}"
                 seen.add(key)
-                yield key, {
-                    "id": rec.id,
-                    "type": str(rec.meta.get("type", "")),
-                    "level": str(rec.meta.get("level", "")),
-                    "category": str(rec.meta.get("category", "")),
-                    "record": rec.to_bytes(),
-                }
+                yield (
+                    key,
+                    {
+                        "id": rec.id,
+                        "type": str(rec.meta.get("type", "")),
+                        "level": str(rec.meta.get("level", "")),
+                        "category": str(rec.meta.get("category", "")),
+                        "record": rec.to_bytes(),
+                    },
+                )
 
 
 def build(data_dir: str, sources: dict[str, Sequence[str]]) -> R1ovData:

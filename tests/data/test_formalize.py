@@ -70,11 +70,16 @@ def chart(formal, q):
 
 
 def geometry(formal, q):
-    P = {m[1]: np.array([float(m[2]), float(m[3])]) for m in re.finditer(r"Point (\w) = \((-?\d+), (-?\d+)\)", formal)}
-    C = {m[1]: (np.array([float(m[2]), float(m[3])]), float(m[4]))
-         for m in re.finditer(r"Circle (\w): center \((-?\d+), (-?\d+)\), radius (\d+)", formal)}
+    P = {
+        m[1]: np.array([float(m[2]), float(m[3])])
+        for m in re.finditer(r"Point (\w) = \((-?\d+), (-?\d+)\)", formal)
+    }
+    C = {
+        m[1]: (np.array([float(m[2]), float(m[3])]), float(m[4]))
+        for m in re.finditer(r"Circle (\w): center \((-?\d+), (-?\d+)\), radius (\d+)", formal)
+    }
     op = q["op"]
-    cross = lambda u, v: u[0] * v[1] - u[1] * v[0]  # noqa: E731
+    cross = lambda u, v: u[0] * v[1] - u[1] * v[0]
     if op == "length":
         return np.linalg.norm(P[q["a"]] - P[q["b"]])
     if op == "perimeter":
@@ -106,9 +111,17 @@ def geometry(formal, q):
 def scene(formal, q):
     objs = []
     for m in re.finditer(r"\d+\. (\w+) (\w+) (\w+) (\w+), bbox \[(\d+), (\d+), (\d+), (\d+)\]", formal):
-        objs.append({"size": m[1], "color": m[2], "material": m[3], "shape": m[4],
-                     "cx": (int(m[5]) + int(m[7])) / 2, "bottom": int(m[8])})
-    ok = lambda o, f: all(o[k] == v for k, v in f.items())  # noqa: E731
+        objs.append(
+            {
+                "size": m[1],
+                "color": m[2],
+                "material": m[3],
+                "shape": m[4],
+                "cx": (int(m[5]) + int(m[7])) / 2,
+                "bottom": int(m[8]),
+            }
+        )
+    ok = lambda o, f: all(o[k] == v for k, v in f.items())
     op = q["op"]
     if op == "count":
         return sum(ok(o, q["filter"]) for o in objs)
@@ -116,7 +129,12 @@ def scene(formal, q):
         return len(objs) - sum(ok(o, q["filter"]) for o in objs)
     (ref,) = [o for o in objs if ok(o, q.get("ref", {}))] if "ref" in q else [None]
     if op == "count_rel":
-        key, sign = {"left": ("cx", -1), "right": ("cx", 1), "front": ("bottom", 1), "behind": ("bottom", -1)}[q["rel"]]
+        key, sign = {
+            "left": ("cx", -1),
+            "right": ("cx", 1),
+            "front": ("bottom", 1),
+            "behind": ("bottom", -1),
+        }[q["rel"]]
         return sum(o is not ref and sign * (o[key] - ref[key]) > 0 and ok(o, q["filter"]) for o in objs)
     if op == "attr":
         return ref[q["attr"]]
@@ -160,9 +178,12 @@ def table(formal, q):
 
 def circuit(formal, q):
     """Modified nodal analysis with numpy: conductance matrix, source as a fixed node voltage."""
-    src = re.search(r"^V\w* (\d+) (\d+) DC (\d+)", formal, re.M)
+    src = re.search(r"^V\w* (\d+) (\d+) DC (\d+)", formal, re.MULTILINE)
     vpos, vneg, volts = src[1], src[2], float(src[3])
-    res = [(m[1], m[2], m[3], float(m[4])) for m in re.finditer(r"^(R\w*) (\d+) (\d+) (\d+)$", formal, re.M)]
+    res = [
+        (m[1], m[2], m[3], float(m[4]))
+        for m in re.finditer(r"^(R\w*) (\d+) (\d+) (\d+)$", formal, re.MULTILINE)
+    ]
     nodes = sorted({n for r in res for n in r[1:3]} - {vpos, vneg})
     idx = {n: i for i, n in enumerate(nodes)}
     G, b = np.zeros((len(nodes), len(nodes))), np.zeros(len(nodes))
@@ -180,19 +201,33 @@ def circuit(formal, q):
         V.update(zip(nodes, np.linalg.solve(G, b)))
     i_src = sum((V[vpos] - V[c if a == vpos else a]) / r for _, a, c, r in res if vpos in (a, c))
     cur = {n: abs(V[a] - V[c]) / r for n, a, c, r in res}
-    return {"req": volts / i_src, "current": i_src, "power": volts * i_src,
-            "resistor_current": cur.get(q.get("name")),
-            "resistor_voltage": cur[q["name"]] * dict((n, r) for n, _, _, r in res)[q["name"]] if "name" in q else None,
-            }[q["op"]]
+    return {
+        "req": volts / i_src,
+        "current": i_src,
+        "power": volts * i_src,
+        "resistor_current": cur.get(q.get("name")),
+        "resistor_voltage": cur[q["name"]] * dict((n, r) for n, _, _, r in res)[q["name"]]
+        if "name" in q
+        else None,
+    }[q["op"]]
 
 
 def document(formal, q):
     op = q["op"]
-    items = {m[1]: (int(m[2]), float(m[3])) for m in re.finditer(r"^(.+): (\d+) x \$([\d.]+)$", formal, re.M)}
-    plots = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"Plot (\w): (\d+) seeds planted, (\d+) germinated", formal)}
-    mins = lambda s: int(s[:2]) * 60 + int(s[3:])  # noqa: E731
-    sess = {m[3]: (mins(m[1]), mins(m[2])) for m in re.finditer(r"^(\d\d:\d\d)-(\d\d:\d\d) (.+)$", formal, re.M)}
-    hm = lambda t: f"{t // 60:02d}:{t % 60:02d}"  # noqa: E731
+    items = {
+        m[1]: (int(m[2]), float(m[3]))
+        for m in re.finditer(r"^(.+): (\d+) x \$([\d.]+)$", formal, re.MULTILINE)
+    }
+    plots = {
+        m[1]: (int(m[2]), int(m[3]))
+        for m in re.finditer(r"Plot (\w): (\d+) seeds planted, (\d+) germinated", formal)
+    }
+    mins = lambda s: int(s[:2]) * 60 + int(s[3:])
+    sess = {
+        m[3]: (mins(m[1]), mins(m[2]))
+        for m in re.finditer(r"^(\d\d:\d\d)-(\d\d:\d\d) (.+)$", formal, re.MULTILINE)
+    }
+    hm = lambda t: f"{t // 60:02d}:{t % 60:02d}"
     total = sum(n * p for n, p in items.values())
     return {
         "qty": lambda: items[q["item"]][0],
@@ -211,7 +246,7 @@ def document(formal, q):
 
 
 def function(formal, q):
-    expr = re.search(r"^f\(x\) = (.+)$", formal, re.M)[1].replace(" ", "")
+    expr = re.search(r"^f\(x\) = (.+)$", formal, re.MULTILINE)[1].replace(" ", "")
     coef = {}
     for sign, c, x, k in re.findall(r"([+-]?)(\d*)(x?)(?:\^(\d+))?", expr):
         if not c and not x:
@@ -243,8 +278,15 @@ def function(formal, q):
     raise AssertionError(op)
 
 
-REDERIVE = {"chart": chart, "geometry": geometry, "scene": scene, "table": table, "circuit": circuit,
-            "document": document, "function": function}
+REDERIVE = {
+    "chart": chart,
+    "geometry": geometry,
+    "scene": scene,
+    "table": table,
+    "circuit": circuit,
+    "document": document,
+    "function": function,
+}
 
 
 def test_registry_has_the_seven_image_types():

@@ -16,7 +16,9 @@ from r1ov_jax.data.reasoning import Teacher, add_traces, make_trace
 from r1ov_jax.data.rewrite import rewrite, rewrite_text
 from r1ov_jax.rewards.format import format_reward
 
-FORMAL_WORDS = re.compile(r"(?i)\bcsv\b|netlist|description|object list|plotting code|\bthe text\b|\bthe report\b")
+FORMAL_WORDS = re.compile(
+    r"(?i)\bcsv\b|netlist|description|object list|plotting code|\bthe text\b|\bthe report\b"
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,9 @@ def _perturb(rec):
         wrong = "23:59"
     else:
         wrong = "Z" if len(rec.answer) == 1 else rec.answer + "x"
-    return dataclasses.replace(rec, trace=re.sub(r"<answer>.*</answer>", f"<answer>{wrong}</answer>", rec.trace))
+    return dataclasses.replace(
+        rec, trace=re.sub(r"<answer>.*</answer>", f"<answer>{wrong}</answer>", rec.trace)
+    )
 
 
 def test_filter_rejects_perturbed_answers_and_bad_format(traced):
@@ -81,15 +85,20 @@ def test_rewrite_removes_references_to_the_formal_text(traced):
         assert not FORMAL_WORDS.search(new.trace), new.trace
         assert r.trace.split("</think>")[1] == new.trace.split("</think>")[1]  # answer untouched
         assert re.findall(r"\d+", r.trace) == re.findall(r"\d+", new.trace)  # numbers untouched
-    s = rewrite_text("According to the description, the netlist lists R1. From the CSV data we read 5.", "circuit")
-    assert s == "Looking at the circuit diagram, the circuit diagram shows R1. From the circuit diagram we read 5."
+    s = rewrite_text(
+        "According to the description, the netlist lists R1. From the CSV data we read 5.", "circuit"
+    )
+    assert (
+        s
+        == "Looking at the circuit diagram, the circuit diagram shows R1. From the circuit diagram we read 5."
+    )
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     seen: list = []
     fail = False
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Handler.seen.append((self.path, self.headers.get("Authorization"), body))
         if _Handler.fail:
@@ -97,9 +106,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         user = body["messages"][-1]["content"]
-        n = len(re.findall(r"^\d+\. ", user, re.M))  # count objects in the formal description it was sent
-        out = {"choices": [{"message": {"role": "assistant", "content": f"<answer>{n}</answer>",
-                                        "reasoning_content": f"The list has {n} objects."}}]}
+        n = len(
+            re.findall(r"^\d+\. ", user, re.MULTILINE)
+        )  # count objects in the formal description it was sent
+        out = {
+            "choices": [
+                {
+                    "message": {
+                        "role": "assistant",
+                        "content": f"<answer>{n}</answer>",
+                        "reasoning_content": f"The list has {n} objects.",
+                    }
+                }
+            ]
+        }
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -116,15 +136,21 @@ def test_teacher_against_local_openai_compatible_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        teacher = Teacher(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="tiny", api_key="k", timeout=5)
+        teacher = Teacher(
+            base_url=f"http://127.0.0.1:{server.server_port}/v1", model="tiny", api_key="k", timeout=5
+        )
         rec = generate("scene", 1, level=0)
-        rec = dataclasses.replace(rec, meta={k: v for k, v in rec.meta.items() if k != "query"})  # like imported data
+        rec = dataclasses.replace(
+            rec, meta={k: v for k, v in rec.meta.items() if k != "query"}
+        )  # like imported data
         out, counts = add_traces([rec], teacher=teacher)
         assert counts == {"solver": 0, "teacher": 1, "unsolved": 0}
         path, auth, body = _Handler.seen[-1]
         assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "tiny"
-        assert rec.formal in body["messages"][-1]["content"] and rec.question in body["messages"][-1]["content"]
-        n = len(re.findall(r"^\d+\. ", rec.formal, re.M))
+        assert (
+            rec.formal in body["messages"][-1]["content"] and rec.question in body["messages"][-1]["content"]
+        )
+        n = len(re.findall(r"^\d+\. ", rec.formal, re.MULTILINE))
         assert out[0].trace == f"<think>\nThe list has {n} objects.\n</think>\n<answer>{n}</answer>"
         assert format_reward(out[0].trace) == 1.0
         _Handler.fail = True

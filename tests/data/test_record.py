@@ -11,8 +11,16 @@ PNG = generate("table", 0).images[0]
 
 
 def _rec(**kw):
-    base = dict(id="x1", images=[PNG], formal="a,b", question="q?", answer="3", choices=None, trace=None,
-                meta={"type": "t", "level": "College"})
+    base = dict(
+        id="x1",
+        images=[PNG],
+        formal="a,b",
+        question="q?",
+        answer="3",
+        choices=None,
+        trace=None,
+        meta={"type": "t", "level": "College"},
+    )
     base.update(kw)
     return Record(**base)
 

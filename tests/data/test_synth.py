@@ -51,8 +51,10 @@ def test_tfds_builder_over_synth_and_bench(tmp_path):
     import base64
 
     png = base64.b64encode(generate("chart", 1).images[0]).decode()
-    bench.write_text("index\tquestion\tchoices\tanswer\tlevel\tcategory\timage\n"
-                     f"1\tWhat is shown?\t['A. a', 'B. b']\tA\tCollege\tMath\t{png}\n")
+    bench.write_text(
+        "index\tquestion\tchoices\tanswer\tlevel\tcategory\timage\n"
+        f"1\tWhat is shown?\t['A. a', 'B. b']\tA\tCollege\tMath\t{png}\n"
+    )
     data_dir = str(tmp_path / "tfds")
     builder = build(data_dir, {"train": [synth_dir], "test": [str(bench)]})
     ds = tfds.data_source("r1ov_data", data_dir=data_dir)

@@ -21,7 +21,7 @@ GENERATORS = {
 }
 
 
-def generate(type: str, seed: int, level: int | str | None = None) -> Record:  # noqa: A002 (the record's word)
+def generate(type: str, seed: int, level: int | str | None = None) -> Record:
     """One record of generator `type` from `seed`; `level` 0..3 or a Bench grade name (None: drawn from the seed)."""
     if type not in GENERATORS:
         raise KeyError(f"unknown generator {type!r}; available: {sorted(GENERATORS)}")

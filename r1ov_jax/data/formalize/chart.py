@@ -20,11 +20,41 @@ PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#D
 
 # (title, unit, labels, series names, category)
 THEMES = [
-    ("Fruit sold per day", "boxes", ["Apples", "Pears", "Plums", "Figs", "Kiwis", "Limes", "Mangos"], ("Mon", "Tue"), "Math"),
-    ("Birds counted by species", "birds", ["Robin", "Finch", "Crow", "Wren", "Heron", "Owl", "Swift"], ("2023", "2024"), "Biology"),
-    ("Reaction yield by catalyst", "%", ["Pt", "Pd", "Ni", "Fe", "Cu", "Co", "Ru"], ("run 1", "run 2"), "Chemistry"),
-    ("Distance covered by cart", "m", ["t=1s", "t=2s", "t=3s", "t=4s", "t=5s", "t=6s", "t=7s"], ("cart A", "cart B"), "Physics"),
-    ("Visitors per month", "people", ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul"], ("Store 1", "Store 2"), "Math"),
+    (
+        "Fruit sold per day",
+        "boxes",
+        ["Apples", "Pears", "Plums", "Figs", "Kiwis", "Limes", "Mangos"],
+        ("Mon", "Tue"),
+        "Math",
+    ),
+    (
+        "Birds counted by species",
+        "birds",
+        ["Robin", "Finch", "Crow", "Wren", "Heron", "Owl", "Swift"],
+        ("2023", "2024"),
+        "Biology",
+    ),
+    (
+        "Reaction yield by catalyst",
+        "%",
+        ["Pt", "Pd", "Ni", "Fe", "Cu", "Co", "Ru"],
+        ("run 1", "run 2"),
+        "Chemistry",
+    ),
+    (
+        "Distance covered by cart",
+        "m",
+        ["t=1s", "t=2s", "t=3s", "t=4s", "t=5s", "t=6s", "t=7s"],
+        ("cart A", "cart B"),
+        "Physics",
+    ),
+    (
+        "Visitors per month",
+        "people",
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul"],
+        ("Store 1", "Store 2"),
+        "Math",
+    ),
 ]
 
 
@@ -51,7 +81,9 @@ def _axes(d: ImageDraw.ImageDraw, title: str, unit: str, vmax: int, box: tuple[i
     return scale
 
 
-def _draw(kind: str, title: str, unit: str, labels: list[str], series: list[tuple[str, list[int]]]) -> Image.Image:
+def _draw(
+    kind: str, title: str, unit: str, labels: list[str], series: list[tuple[str, list[int]]]
+) -> Image.Image:
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     if kind == "pie":
@@ -98,7 +130,13 @@ def _draw(kind: str, title: str, unit: str, labels: list[str], series: list[tupl
             for (px, py), v in zip(pts, values):
                 d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
                 below = s == 1  # second series labels under its points so the two don't collide
-                d.text((px, py + (5 if below else -5)), str(v), fill=color, font=font(10), anchor="mt" if below else "mb")
+                d.text(
+                    (px, py + (5 if below else -5)),
+                    str(v),
+                    fill=color,
+                    font=font(10),
+                    anchor="mt" if below else "mb",
+                )
     return img
 
 
@@ -114,7 +152,9 @@ def _formal(kind: str, title: str, unit: str, labels: list[str], series: list[tu
         code.append("plt.pie(values_0, labels=labels, startangle=90, counterclock=False)")
     elif kind == "bar":
         for i, (n, _) in enumerate(series):
-            code.append(f"plt.bar([j + {i} * 0.35 for j in range(len(labels))], values_{i}, width=0.35, label={n!r})")
+            code.append(
+                f"plt.bar([j + {i} * 0.35 for j in range(len(labels))], values_{i}, width=0.35, label={n!r})"
+            )
         code.append("plt.xticks(range(len(labels)), labels)")
     else:
         for i, (n, _) in enumerate(series):
@@ -141,7 +181,7 @@ def generate(seed: int, level: int | str | None = None) -> Record:
                 break
         series.append((snames[s] if nseries > 1 else (snames[0] if kind != "pie" else "count"), vals))
     name0, v0 = series[0]
-    other_labels = lambda lab: [x for x in labels if x != lab][:3]  # noqa: E731
+    other_labels = lambda lab: [x for x in labels if x != lab][:3]
     ser = f" ({name0})" if nseries > 1 else ""
     if kind == "pie":
         if lv == 1:

@@ -83,7 +83,11 @@ def _resistor(d: ImageDraw.ImageDraw, x0: float, x1: float, y: float, label: str
     mid, half = (x0 + x1) / 2, 18
     d.line([(x0, y), (mid - half, y)], fill="black", width=2)
     d.line([(mid + half, y), (x1, y)], fill="black", width=2)
-    pts = [(mid - half, y)] + [(mid - half + 6 * (i + 0.5), y + (7 if i % 2 else -7)) for i in range(6)] + [(mid + half, y)]
+    pts = (
+        [(mid - half, y)]
+        + [(mid - half + 6 * (i + 0.5), y + (7 if i % 2 else -7)) for i in range(6)]
+        + [(mid + half, y)]
+    )
     d.line(pts, fill="black", width=2)
     d.text((mid, y - 10), label, fill="#1F1F7A", font=font(12), anchor="mb")
 
@@ -125,7 +129,11 @@ def _draw(t, volts: int) -> Image.Image:
     _draw_tree(d, t, left, right, top)
     bx = 74
     my = (top + bottom) / 2
-    d.line([(right, top), (right + 16, top), (right + 16, bottom), (bx, bottom), (bx, my + 6)], fill="black", width=2)
+    d.line(
+        [(right, top), (right + 16, top), (right + 16, bottom), (bx, bottom), (bx, my + 6)],
+        fill="black",
+        width=2,
+    )
     d.line([(bx, my - 6), (bx, top), (left, top)], fill="black", width=2)
     d.line([(bx - 16, my - 6), (bx + 16, my - 6)], fill="black", width=3)  # long plate: +
     d.line([(bx - 8, my + 6), (bx + 8, my + 6)], fill="black", width=3)
@@ -151,7 +159,9 @@ def generate(seed: int, level: int | str | None = None) -> Record:
     volts = rng.choice(VOLTS)
     lines: list[str] = []
     _netlist(tree, 1, 0, lines, [1])
-    formal = "* resistor network driven by a DC source\n" + f"V1 1 0 DC {volts}\n" + "\n".join(lines) + "\n.end\n"
+    formal = (
+        "* resistor network driven by a DC source\n" + f"V1 1 0 DC {volts}\n" + "\n".join(lines) + "\n.end\n"
+    )
     req = _req(tree)
     total = volts / req
     currents: dict = {}
@@ -174,7 +184,9 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         question = "What current (in amperes) does the source deliver? Round to two decimal places."
     elif op == "power":
         gold, query = fmt_num(volts * total, 2), {"op": "power"}
-        question = "What power (in watts) does the source deliver to the network? Round to two decimal places."
+        question = (
+            "What power (in watts) does the source deliver to the network? Round to two decimal places."
+        )
     elif op == "resistor_current":
         gold, query = fmt_num(currents[name], 2), {"op": "resistor_current", "name": name}
         question = f"What current (in amperes) flows through {name}? Round to two decimal places."

@@ -41,7 +41,7 @@ def resolve_level(level: int | str | None, rng: random.Random) -> int:
     return int(level)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font(size: int = 13) -> ImageFont.FreeTypeFont:
     """DejaVu Sans shipped inside matplotlib's package data (has Ω, ∥, ×), else Pillow's bundled default."""
     spec = importlib.util.find_spec("matplotlib")
@@ -64,7 +64,7 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def fmt_num(x: float | int | Fraction, places: int = 2) -> str:
+def fmt_num(x: float | Fraction, places: int = 2) -> str:
     """Short checkable number: integers as-is, else rounded half-up to `places` decimals, trailing zeros dropped."""
     if isinstance(x, int):
         return str(x)

@@ -11,14 +11,39 @@ from fractions import Fraction
 
 from PIL import Image, ImageDraw
 
-from r1ov_jax.data.formalize.common import finish, fmt_num, font, numeric_distractors, resolve_level, rng_for, text_size
+from r1ov_jax.data.formalize.common import (
+    finish,
+    fmt_num,
+    font,
+    numeric_distractors,
+    resolve_level,
+    rng_for,
+    text_size,
+)
 from r1ov_jax.data.record import Record
 
 KIND = "document"
-ITEMS = [("Notebook", "notebooks"), ("Pencil", "pencils"), ("Eraser", "erasers"), ("Ruler", "rulers"),
-         ("Marker", "markers"), ("Folder", "folders"), ("Stapler", "staplers"), ("Glue stick", "glue sticks")]
+ITEMS = [
+    ("Notebook", "notebooks"),
+    ("Pencil", "pencils"),
+    ("Eraser", "erasers"),
+    ("Ruler", "rulers"),
+    ("Marker", "markers"),
+    ("Folder", "folders"),
+    ("Stapler", "staplers"),
+    ("Glue stick", "glue sticks"),
+]
 SHOPS = ["Corner Stationery", "Paper & Co.", "Green Leaf Supplies", "Campus Store"]
-SESSIONS = ["Registration", "Keynote", "Poster session", "Lunch", "Panel", "Workshop", "Coffee break", "Closing"]
+SESSIONS = [
+    "Registration",
+    "Keynote",
+    "Poster session",
+    "Lunch",
+    "Panel",
+    "Workshop",
+    "Coffee break",
+    "Closing",
+]
 SEEDS = ["bean", "radish", "lettuce", "wheat", "pea"]
 
 
@@ -31,21 +56,46 @@ def _receipt(rng, lv: int):
     items = rng.sample(ITEMS, n)
     qty = [rng.randint(1, 12) for _ in items]
     cents = [rng.randrange(20, 1000, 5) for _ in items]
-    lines = [f"RECEIPT - {rng.choice(SHOPS)}", f"Date: {rng.randint(1, 28)} {rng.choice(['March', 'April', 'May'])}"]
+    lines = [
+        f"RECEIPT - {rng.choice(SHOPS)}",
+        f"Date: {rng.randint(1, 28)} {rng.choice(['March', 'April', 'May'])}",
+    ]
     lines += [f"{name}: {q} x ${c / 100:.2f}" for (name, _), q, c in zip(items, qty, cents)]
     i = rng.randrange(n)
     plural = items[i][1]
     total = sum(q * c for q, c in zip(qty, cents))
     if lv == 0:
-        return lines, "Math", str(qty[i]), {"op": "qty", "item": items[i][0]}, f"How many {plural} were bought?"
+        return (
+            lines,
+            "Math",
+            str(qty[i]),
+            {"op": "qty", "item": items[i][0]},
+            f"How many {plural} were bought?",
+        )
     if lv == 1:
-        return (lines, "Math", fmt_num(Fraction(qty[i] * cents[i], 100), 2), {"op": "line_cost", "item": items[i][0]},
-                f"How much was spent on {plural} in total (in dollars)?")
+        return (
+            lines,
+            "Math",
+            fmt_num(Fraction(qty[i] * cents[i], 100), 2),
+            {"op": "line_cost", "item": items[i][0]},
+            f"How much was spent on {plural} in total (in dollars)?",
+        )
     if lv == 2:
-        return lines, "Math", fmt_num(Fraction(total, 100), 2), {"op": "total"}, "What is the total amount of the receipt (in dollars)?"
+        return (
+            lines,
+            "Math",
+            fmt_num(Fraction(total, 100), 2),
+            {"op": "total"},
+            "What is the total amount of the receipt (in dollars)?",
+        )
     paid = (total // 1000 + 1) * 1000 + rng.choice([0, 1000, 4000])  # a round note amount above the total
-    return (lines, "Math", fmt_num(Fraction(paid - total, 100), 2), {"op": "change", "paid": paid / 100},
-            f"The customer paid with ${paid / 100:.2f}. How much change (in dollars) should they receive?")
+    return (
+        lines,
+        "Math",
+        fmt_num(Fraction(paid - total, 100), 2),
+        {"op": "change", "paid": paid / 100},
+        f"The customer paid with ${paid / 100:.2f}. How much change (in dollars) should they receive?",
+    )
 
 
 def _germination(rng, lv: int):
@@ -62,16 +112,37 @@ def _germination(rng, lv: int):
     lines += [f"Plot {p}: {pl} seeds planted, {g} germinated" for p, pl, g in zip(plots, planted, germ)]
     i = rng.randrange(n)
     if lv == 0:
-        return (lines, "Biology", str(planted[i] - germ[i]), {"op": "not_germinated", "plot": plots[i]},
-                f"How many seeds in plot {plots[i]} did not germinate?")
+        return (
+            lines,
+            "Biology",
+            str(planted[i] - germ[i]),
+            {"op": "not_germinated", "plot": plots[i]},
+            f"How many seeds in plot {plots[i]} did not germinate?",
+        )
     if lv == 1:
-        return (lines, "Biology", fmt_num(100 * rates[i], 1), {"op": "rate", "plot": plots[i]},
-                f"What is the germination rate of plot {plots[i]} in percent? Round to one decimal place.")
+        return (
+            lines,
+            "Biology",
+            fmt_num(100 * rates[i], 1),
+            {"op": "rate", "plot": plots[i]},
+            f"What is the germination rate of plot {plots[i]} in percent? Round to one decimal place.",
+        )
     if lv == 2:
-        return (lines, "Biology", fmt_num(Fraction(100 * sum(germ), sum(planted)), 1), {"op": "overall_rate"},
-                "What is the overall germination rate across all plots in percent? Round to one decimal place.")
+        return (
+            lines,
+            "Biology",
+            fmt_num(Fraction(100 * sum(germ), sum(planted)), 1),
+            {"op": "overall_rate"},
+            "What is the overall germination rate across all plots in percent? Round to one decimal place.",
+        )
     best = plots[rates.index(max(rates))]
-    return lines, "Biology", best, {"op": "best_plot"}, "Which plot has the highest germination rate? Answer with the plot letter."
+    return (
+        lines,
+        "Biology",
+        best,
+        {"op": "best_plot"},
+        "Which plot has the highest germination rate? Answer with the plot letter.",
+    )
 
 
 def _schedule(rng, lv: int):
@@ -88,17 +159,38 @@ def _schedule(rng, lv: int):
     i = rng.randrange(n)
     a, b, name = rows[i]
     if lv == 0:
-        return lines, "Deduction", name, {"op": "starts_at", "time": _hm(a)}, f"Which session starts at {_hm(a)}?"
+        return (
+            lines,
+            "Deduction",
+            name,
+            {"op": "starts_at", "time": _hm(a)},
+            f"Which session starts at {_hm(a)}?",
+        )
     if lv == 1:
-        return (lines, "Deduction", str(b - a), {"op": "duration", "session": name},
-                f"How many minutes does the {name} last?")
+        return (
+            lines,
+            "Deduction",
+            str(b - a),
+            {"op": "duration", "session": name},
+            f"How many minutes does the {name} last?",
+        )
     if lv == 2:
         m = rng.choice([20, 30, 45, 60])
-        return (lines, "Deduction", str(sum(y - x > m for x, y, _ in rows)), {"op": "count_longer", "minutes": m},
-                f"How many sessions last longer than {m} minutes?")
+        return (
+            lines,
+            "Deduction",
+            str(sum(y - x > m for x, y, _ in rows)),
+            {"op": "count_longer", "minutes": m},
+            f"How many sessions last longer than {m} minutes?",
+        )
     delay = rng.choice([10, 15, 20, 25, 40])
-    return (lines, "Deduction", _hm(b + delay), {"op": "delayed_end", "session": name, "delay": delay},
-            f"If the {name} starts {delay} minutes late and keeps its length, at what time (HH:MM) does it end?")
+    return (
+        lines,
+        "Deduction",
+        _hm(b + delay),
+        {"op": "delayed_end", "session": name, "delay": delay},
+        f"If the {name} starts {delay} minutes late and keeps its length, at what time (HH:MM) does it end?",
+    )
 
 
 def _draw(lines: list[str]) -> Image.Image:
@@ -119,12 +211,28 @@ def generate(seed: int, level: int | str | None = None) -> Record:
     rng = rng_for(KIND, seed)
     lv = resolve_level(level, rng)
     doc = rng.choice(["receipt", "germination", "schedule"])
-    lines, category, gold, query, question = {"receipt": _receipt, "germination": _germination, "schedule": _schedule}[doc](rng, lv)
+    lines, category, gold, query, question = {
+        "receipt": _receipt,
+        "germination": _germination,
+        "schedule": _schedule,
+    }[doc](rng, lv)
     if ":" in gold or gold.isalpha() or " " in gold:
         dis = None
         if doc == "schedule" and lv == 0:
             dis = [s.split(" ", 1)[1] for s in lines[1:] if s.split(" ", 1)[1] != gold][:3]
     else:
         dis = numeric_distractors(rng, gold)
-    return finish(KIND, seed, lv, category, _draw(lines), "\n".join(lines) + "\n", question, gold, query, rng, dis,
-                  document=doc)
+    return finish(
+        KIND,
+        seed,
+        lv,
+        category,
+        _draw(lines),
+        "\n".join(lines) + "\n",
+        question,
+        gold,
+        query,
+        rng,
+        dis,
+        document=doc,
+    )

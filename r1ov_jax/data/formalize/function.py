@@ -27,7 +27,9 @@ def poly_str(coefs: list[int]) -> str:
         if c == 0:
             continue
         mag = abs(c)
-        body = ("" if mag == 1 and k > 0 else str(mag)) + ("x" if k >= 1 else "") + (f"^{k}" if k >= 2 else "")
+        body = (
+            ("" if mag == 1 and k > 0 else str(mag)) + ("x" if k >= 1 else "") + (f"^{k}" if k >= 2 else "")
+        )
         sign = "-" if c < 0 else "+"
         out.append((sign, body))
     if not out:
@@ -70,8 +72,8 @@ def _draw(coefs: list[int], lo: int, hi: int) -> Image.Image:
         ymax += ystep
     img = Image.new("RGB", (SIZE, SIZE), "white")
     d = ImageDraw.Draw(img)
-    px = lambda x: M + (x - lo) / (hi - lo) * (SIZE - 2 * M)  # noqa: E731
-    py = lambda y: SIZE - M - (y - ymin) / (ymax - ymin) * (SIZE - 2 * M)  # noqa: E731
+    px = lambda x: M + (x - lo) / (hi - lo) * (SIZE - 2 * M)
+    py = lambda y: SIZE - M - (y - ymin) / (ymax - ymin) * (SIZE - 2 * M)
     for x in range(lo, hi + 1):
         d.line([(px(x), M), (px(x), SIZE - M)], fill="#EBEBEB")
         d.text((px(x), py(0) + 3), str(x), fill="#444444", font=font(10), anchor="mt")
@@ -102,14 +104,18 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         r1, r2 = sorted(rng.sample(range(-4, 5), 2))
         coefs = _mul([a * -r1, a], [-r2, 1])
         lo, hi = r1 - 2, r2 + 2
-        op = rng.choice(["root_small", "root_large", "vertex_x", "extreme_value"]) if lv == 1 else "count_negative_int"
+        op = (
+            rng.choice(["root_small", "root_large", "vertex_x", "extreme_value"])
+            if lv == 1
+            else "count_negative_int"
+        )
     else:
         a = rng.choice([1, -1])
         rs = sorted(rng.sample(range(-3, 4), 3))
         coefs = _mul(_mul([a * -rs[0], a], [-rs[1], 1]), [-rs[2], 1])
         lo, hi = rs[0] - 1, rs[2] + 1
         op = rng.choice(["root_large", "num_roots_in", "local_max"])
-    f = lambda x: _eval(coefs, Fraction(x))  # noqa: E731
+    f = lambda x: _eval(coefs, Fraction(x))
     query: dict = {"op": op}
     if op == "value":
         x0 = rng.randint(lo, hi)
@@ -118,13 +124,19 @@ def generate(seed: int, level: int | str | None = None) -> Record:
     elif op == "slope":
         gold, question = str(coefs[1]), "What is the slope of the line?"
     elif op == "root":
-        gold, question = fmt_num(Fraction(-coefs[0], coefs[1]), 2), "At what x does the line cross the x-axis? Round to two decimal places."
+        gold, question = (
+            fmt_num(Fraction(-coefs[0], coefs[1]), 2),
+            "At what x does the line cross the x-axis? Round to two decimal places.",
+        )
     elif op in ("root_small", "root_large"):
         roots = sorted(r for r in range(lo, hi + 1) if f(r) == 0)
         gold = str(roots[0] if op == "root_small" else roots[-1])
         question = f"What is the {'smallest' if op == 'root_small' else 'largest'} root of f(x) = 0?"
     elif op == "vertex_x":
-        gold, question = fmt_num(Fraction(-coefs[1], 2 * coefs[2]), 2), "At what x-value is the vertex of the parabola?"
+        gold, question = (
+            fmt_num(Fraction(-coefs[1], 2 * coefs[2]), 2),
+            "At what x-value is the vertex of the parabola?",
+        )
     elif op == "extreme_value":
         xv = Fraction(-coefs[1], 2 * coefs[2])
         kind = "minimum" if coefs[2] > 0 else "maximum"

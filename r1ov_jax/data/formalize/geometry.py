@@ -29,7 +29,10 @@ def _px(p: tuple[int, int]) -> tuple[float, float]:
 
 def _area2(pts: list[tuple[int, int]]) -> int:
     """Twice the signed shoelace area."""
-    return sum(pts[i][0] * pts[(i + 1) % len(pts)][1] - pts[(i + 1) % len(pts)][0] * pts[i][1] for i in range(len(pts)))
+    return sum(
+        pts[i][0] * pts[(i + 1) % len(pts)][1] - pts[(i + 1) % len(pts)][0] * pts[i][1]
+        for i in range(len(pts))
+    )
 
 
 def _points(rng, k: int, lo: int = 1, hi: int = N - 1) -> list[tuple[int, int]]:
@@ -120,8 +123,10 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         a, b = _points(rng, 2)
         points = {"A": a, "B": b}
         segments = [("A", "B")]
-        gold, query, question = fmt_num(_dist(a, b), 2), {"op": "length", "a": "A", "b": "B"}, (
-            "What is the length of segment AB? Round to two decimal places."
+        gold, query, question = (
+            fmt_num(_dist(a, b), 2),
+            {"op": "length", "a": "A", "b": "B"},
+            ("What is the length of segment AB? Round to two decimal places."),
         )
     elif op in ("area", "perimeter", "angle"):
         pts = _points(rng, 3)
@@ -147,7 +152,9 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         circles = {"O": (c, r)}
         if op == "circumference":
             gold = fmt_num(2 * PI * r, 2)
-            question = "What is the circumference of circle O? Use π = 3.14159 and round to two decimal places."
+            question = (
+                "What is the circumference of circle O? Use π = 3.14159 and round to two decimal places."
+            )
         else:
             gold = fmt_num(PI * r * r, 2)
             question = "What is the area of circle O? Use π = 3.14159 and round to two decimal places."
@@ -158,7 +165,9 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         segments = [("A", "B")]
         gold = fmt_num(abs(_area2([a, b, p])) / _dist(a, b), 2)
         query = {"op": "point_line_distance", "p": "P", "a": "A", "b": "B"}
-        question = "What is the distance from point P to the line through A and B? Round to two decimal places."
+        question = (
+            "What is the distance from point P to the line through A and B? Round to two decimal places."
+        )
     elif op == "polygon_area":
         k = rng.choice([4, 5])
         pts = _convex_order(_points(rng, k, 0, N))

@@ -60,15 +60,24 @@ def _draw_obj(d: ImageDraw.ImageDraw, o) -> None:
         for k in range(6):  # darker rim → lighter core, offset towards the light (top left)
             rr = h * (1 - k * 0.14)
             off = h * 0.07 * k
-            d.ellipse([x - rr - off, y - h - rr - off, x + rr - off, y - h + rr - off], fill=_shade(base, 0.7 + 0.09 * k))
+            d.ellipse(
+                [x - rr - off, y - h - rr - off, x + rr - off, y - h + rr - off],
+                fill=_shade(base, 0.7 + 0.09 * k),
+            )
         if metal:
             d.ellipse([x - h * 0.55, y - h * 1.55, x - h * 0.25, y - h * 1.25], fill=(250, 250, 250))
     elif o["shape"] == "cube":
         s, dx, dy = 2 * h, 0.35 * h, 0.3 * h
         x0, y1 = x - h, y
         d.rectangle([x0, y1 - s, x0 + s, y1], fill=_shade(base, 0.95))
-        d.polygon([(x0, y1 - s), (x0 + dx, y1 - s - dy), (x0 + s + dx, y1 - s - dy), (x0 + s, y1 - s)], fill=_shade(base, 1.2))
-        d.polygon([(x0 + s, y1 - s), (x0 + s + dx, y1 - s - dy), (x0 + s + dx, y1 - dy), (x0 + s, y1)], fill=_shade(base, 0.7))
+        d.polygon(
+            [(x0, y1 - s), (x0 + dx, y1 - s - dy), (x0 + s + dx, y1 - s - dy), (x0 + s, y1 - s)],
+            fill=_shade(base, 1.2),
+        )
+        d.polygon(
+            [(x0 + s, y1 - s), (x0 + s + dx, y1 - s - dy), (x0 + s + dx, y1 - dy), (x0 + s, y1)],
+            fill=_shade(base, 0.7),
+        )
         if metal:
             d.line([(x0 + 3, y1 - s + 3), (x0 + s * 0.6, y1 - s + 3)], fill=(245, 245, 245), width=2)
     else:
@@ -105,8 +114,12 @@ def _sample(rng, n: int) -> list[dict]:
             combos = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
             objs, boxes, cxs = [], [], []
             for c, s in combos:
-                o = {"shape": s, "color": c, "size": rng.choice(["small", "large"]),
-                     "material": rng.choice(["rubber", "metal"])}
+                o = {
+                    "shape": s,
+                    "color": c,
+                    "size": rng.choice(["small", "large"]),
+                    "material": rng.choice(["rubber", "metal"]),
+                }
                 for _ in range(60):
                     o["gx"], o["gy"] = rng.random(), rng.random()
                     box = _bbox(o)
@@ -185,8 +198,18 @@ def generate(seed: int, level: int | str | None = None) -> Record:
             }[rel]
 
         gold = str(sum(related(o) and _matches(o, f) for o in objs if o is not ref))
-        where = {"left": "to the left of", "right": "to the right of", "front": "in front of", "behind": "behind"}[rel]
-        query = {"op": "count_rel", "rel": rel, "ref": {"color": ref["color"], "shape": ref["shape"]}, "filter": f}
+        where = {
+            "left": "to the left of",
+            "right": "to the right of",
+            "front": "in front of",
+            "behind": "behind",
+        }[rel]
+        query = {
+            "op": "count_rel",
+            "rel": rel,
+            "ref": {"color": ref["color"], "shape": ref["shape"]},
+            "filter": f,
+        }
         question = f"How many {_phrase(f, True)} are {where} the {ref['color']} {ref['shape']}?"
     elif op == "attr":
         ref = rng.choice(objs)
@@ -220,8 +243,12 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         d.rectangle([0, y0, W, y0 + (H - 60) // 8 + 1], fill=_shade((190, 190, 185), 0.92 + 0.02 * i))
     for o in sorted(objs, key=lambda o: o["bbox"][3]):  # back to front
         _draw_obj(d, o)
-    formal = f"Scene with {n} objects (image {W}x{H} px; bbox = [x0, y0, x1, y1], x to the right, y down).\n" + "\n".join(
-        f"{i + 1}. {_desc(o)}, bbox [{', '.join(map(str, o['bbox']))}]" for i, o in enumerate(objs)
-    ) + "\n"
+    formal = (
+        f"Scene with {n} objects (image {W}x{H} px; bbox = [x0, y0, x1, y1], x to the right, y down).\n"
+        + "\n".join(
+            f"{i + 1}. {_desc(o)}, bbox [{', '.join(map(str, o['bbox']))}]" for i, o in enumerate(objs)
+        )
+        + "\n"
+    )
     dis = numeric_distractors(rng, gold) if gold.isdigit() else None
     return finish(KIND, seed, lv, "Deduction", img, formal, question, gold, query, rng, dis)

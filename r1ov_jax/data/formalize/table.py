@@ -11,23 +11,56 @@ from fractions import Fraction
 
 from PIL import Image, ImageDraw
 
-from r1ov_jax.data.formalize.common import finish, fmt_num, font, numeric_distractors, resolve_level, rng_for, text_size
+from r1ov_jax.data.formalize.common import (
+    finish,
+    fmt_num,
+    font,
+    numeric_distractors,
+    resolve_level,
+    rng_for,
+    text_size,
+)
 from r1ov_jax.data.record import Record
 
 KIND = "table"
 
 # (title, row header, rows pool, columns (name, lo, hi), category)
 THEMES = [
-    ("Mass of product per trial (g)", "Trial", ["T1", "T2", "T3", "T4", "T5", "T6"],
-     [("NaCl", 10, 60), ("KCl", 10, 60), ("CaCl2", 10, 60), ("MgCl2", 10, 60)], "Chemistry"),
-    ("Seedling height by week (mm)", "Plant", ["Bean", "Pea", "Corn", "Oat", "Rye", "Flax"],
-     [("Week 1", 5, 30), ("Week 2", 20, 60), ("Week 3", 40, 99), ("Week 4", 60, 140)], "Biology"),
-    ("Spring tests", "Spring", ["S1", "S2", "S3", "S4", "S5", "S6"],
-     [("Load (N)", 2, 40), ("Stretch (cm)", 1, 20), ("Length (cm)", 10, 30)], "Physics"),
-    ("Test scores", "Student", ["Ann", "Ben", "Cara", "Dan", "Eve", "Finn"],
-     [("Algebra", 40, 100), ("Geometry", 40, 100), ("Statistics", 40, 100)], "Math"),
-    ("Monthly sales (units)", "Shop", ["North", "South", "East", "West", "Central", "Harbor"],
-     [("Jan", 20, 90), ("Feb", 20, 90), ("Mar", 20, 90), ("Apr", 20, 90)], "Deduction"),
+    (
+        "Mass of product per trial (g)",
+        "Trial",
+        ["T1", "T2", "T3", "T4", "T5", "T6"],
+        [("NaCl", 10, 60), ("KCl", 10, 60), ("CaCl2", 10, 60), ("MgCl2", 10, 60)],
+        "Chemistry",
+    ),
+    (
+        "Seedling height by week (mm)",
+        "Plant",
+        ["Bean", "Pea", "Corn", "Oat", "Rye", "Flax"],
+        [("Week 1", 5, 30), ("Week 2", 20, 60), ("Week 3", 40, 99), ("Week 4", 60, 140)],
+        "Biology",
+    ),
+    (
+        "Spring tests",
+        "Spring",
+        ["S1", "S2", "S3", "S4", "S5", "S6"],
+        [("Load (N)", 2, 40), ("Stretch (cm)", 1, 20), ("Length (cm)", 10, 30)],
+        "Physics",
+    ),
+    (
+        "Test scores",
+        "Student",
+        ["Ann", "Ben", "Cara", "Dan", "Eve", "Finn"],
+        [("Algebra", 40, 100), ("Geometry", 40, 100), ("Statistics", 40, 100)],
+        "Math",
+    ),
+    (
+        "Monthly sales (units)",
+        "Shop",
+        ["North", "South", "East", "West", "Central", "Harbor"],
+        [("Jan", 20, 90), ("Feb", 20, 90), ("Mar", 20, 90), ("Apr", 20, 90)],
+        "Deduction",
+    ),
 ]
 
 
@@ -81,7 +114,7 @@ def generate(seed: int, level: int | str | None = None) -> Record:
             break
     header = [rowhead] + [c[0] for c in use]
     rows = [[n] + [str(v) for v in r] for n, r in zip(names, data)]
-    col = lambda j: [r[j] for r in data]  # noqa: E731
+    col = lambda j: [r[j] for r in data]
     j = rng.randrange(ncol)
     cname = use[j][0]
     if lv == 0:
@@ -92,7 +125,7 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         op = rng.choice(["mean", "ratio"])
     else:
         op = "row_total_argmax"
-    other_rows = lambda r: [x for x in names if x != r][:3]  # noqa: E731
+    other_rows = lambda r: [x for x in names if x != r][:3]
     dis = None
     if op == "lookup":
         i = rng.randrange(nr)
@@ -111,7 +144,9 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         a, b = rng.sample(range(nr), 2)
         gold = str(data[a][j] - data[b][j])
         query = {"op": "row_diff", "a": names[a], "b": names[b], "col": cname}
-        question = f"How much larger is the {cname} of {names[a]} than that of {names[b]}? (Negative if smaller.)"
+        question = (
+            f"How much larger is the {cname} of {names[a]} than that of {names[b]}? (Negative if smaller.)"
+        )
     elif op == "count_gt":
         t = sorted(col(j))[rng.randrange(1, nr)] - 1
         gold, query = str(sum(v > t for v in col(j))), {"op": "count_gt", "col": cname, "threshold": t}
@@ -134,6 +169,15 @@ def generate(seed: int, level: int | str | None = None) -> Record:
         dis = numeric_distractors(rng, gold)
     markdown = rng.random() < 0.5
     return finish(
-        KIND, seed, lv, category, _draw(title, header, rows), _formal(title, header, rows, markdown), question, gold,
-        query, rng, dis,
+        KIND,
+        seed,
+        lv,
+        category,
+        _draw(title, header, rows),
+        _formal(title, header, rows, markdown),
+        question,
+        gold,
+        query,
+        rng,
+        dis,
     )

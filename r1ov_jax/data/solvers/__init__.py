@@ -25,8 +25,15 @@ def solver_for(kind: str):
     """The ``solve`` function for a generator type."""
     from r1ov_jax.data.solvers import chart, circuit, document, function, geometry, scene, table
 
-    table_ = {"chart": chart, "geometry": geometry, "scene": scene, "table": table, "circuit": circuit,
-              "document": document, "function": function}
+    table_ = {
+        "chart": chart,
+        "geometry": geometry,
+        "scene": scene,
+        "table": table,
+        "circuit": circuit,
+        "document": document,
+        "function": function,
+    }
     if kind not in table_:
         raise SolveError(f"no solver for type {kind!r}; available: {sorted(table_)}")
     return table_[kind].solve

@@ -38,8 +38,11 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         pick = (max if op == "argmax" else min)(vals, key=vals.get)
         word = "largest" if op == "argmax" else "smallest"
         ordered = sorted(vals, key=vals.get, reverse=op == "argmax")
-        steps.append("Ordering the values: " + " > ".join(f"{k} ({vals[k]})" for k in ordered) if op == "argmax"
-                     else "Ordering the values: " + " < ".join(f"{k} ({vals[k]})" for k in ordered))
+        steps.append(
+            "Ordering the values: " + " > ".join(f"{k} ({vals[k]})" for k in ordered)
+            if op == "argmax"
+            else "Ordering the values: " + " < ".join(f"{k} ({vals[k]})" for k in ordered)
+        )
         steps.append(f"The {word} value {vals[pick]} belongs to {pick}.")
         return Solution(steps, pick)
     if op == "diff":
@@ -64,9 +67,15 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         return Solution(steps, fmt_num(mean, 2))
     if op in ("max_gap", "max_gap_value"):
         (n0, v0), (n1, v1) = list(series.items())[:2]
-        steps[0] = f"The chart is a {kind} chart with two series. The CSV data gives {n0}: {v0} and {n1}: {v1}."
+        steps[0] = (
+            f"The chart is a {kind} chart with two series. The CSV data gives {n0}: {v0} and {n1}: {v1}."
+        )
         gaps = {lab: abs(a - b) for lab, a, b in zip(labels, v0, v1)}
-        steps.append("Absolute differences: " + ", ".join(f"{k}: |{a} − {b}| = {gaps[k]}" for k, a, b in zip(labels, v0, v1)) + ".")
+        steps.append(
+            "Absolute differences: "
+            + ", ".join(f"{k}: |{a} − {b}| = {gaps[k]}" for k, a, b in zip(labels, v0, v1))
+            + "."
+        )
         best = max(gaps, key=gaps.get)
         steps.append(f"The largest difference is {gaps[best]}, at {best}.")
         return Solution(steps, best if op == "max_gap" else str(gaps[best]))
@@ -76,12 +85,16 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         v = vals[query["label"]]
         share = Fraction(100 * v, total)
         steps.append("Total = " + " + ".join(map(str, vals.values())) + f" = {total}.")
-        steps.append(f"Share of {query['label']} = {v} / {total} × 100% = {float(share):.4f}% ≈ {fmt_num(share, places)}%.")
+        steps.append(
+            f"Share of {query['label']} = {v} / {total} × 100% = {float(share):.4f}% ≈ {fmt_num(share, places)}%."
+        )
         return Solution(steps, fmt_num(share, places))
     if op in ("pct_more", "pct_change"):
         a_lab, b_lab = (query["b"], query["a"]) if op == "pct_more" else (query["a"], query["b"])
         a, b = vals[a_lab], vals[b_lab]
         pct = Fraction(100 * (b - a), a)
-        steps.append(f"Change from {a_lab} ({a}) to {b_lab} ({b}) = ({b} − {a}) / {a} × 100% = {float(pct):.4f}% ≈ {fmt_num(pct, places)}%.")
+        steps.append(
+            f"Change from {a_lab} ({a}) to {b_lab} ({b}) = ({b} − {a}) / {a} × 100% = {float(pct):.4f}% ≈ {fmt_num(pct, places)}%."
+        )
         return Solution(steps, fmt_num(pct, places))
     raise SolveError(f"chart: unknown op {op!r}")

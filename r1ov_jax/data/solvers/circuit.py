@@ -45,7 +45,9 @@ def reduce_network(res, a: str, b: str, steps: list[str]) -> Fraction:
                 if {edges[i][1], edges[i][2]} == {edges[j][1], edges[j][2]}:
                     ni, nj, ri, rj = edges[i][0], edges[j][0], edges[i][3], edges[j][3]
                     r = ri * rj / (ri + rj)
-                    steps.append(f"{ni} ∥ {nj} = ({_ohm(ri)} × {_ohm(rj)}) / ({_ohm(ri)} + {_ohm(rj)}) = {_ohm(r)} Ω.")
+                    steps.append(
+                        f"{ni} ∥ {nj} = ({_ohm(ri)} × {_ohm(rj)}) / ({_ohm(ri)} + {_ohm(rj)}) = {_ohm(r)} Ω."
+                    )
                     edges[i] = [f"({ni}∥{nj})", edges[i][1], edges[i][2], r]
                     del edges[j]
                     done = True
@@ -113,8 +115,11 @@ def solve(formal: str, question: str, query: dict) -> Solution:
     source, res = parse(formal)
     pos, neg, volts = source
     op = query["op"]
-    steps = [f"The netlist has a {volts} V source between nodes {pos} and {neg} and resistors "
-             + ", ".join(f"{n} = {_ohm(r)} Ω ({a}–{b})" for n, a, b, r in res) + "."]
+    steps = [
+        f"The netlist has a {volts} V source between nodes {pos} and {neg} and resistors "
+        + ", ".join(f"{n} = {_ohm(r)} Ω ({a}–{b})" for n, a, b, r in res)
+        + "."
+    ]
     if op in ("req", "current", "power"):
         req = reduce_network(res, pos, neg, steps)
         steps.append(f"Equivalent resistance R_eq = {_ohm(req)} Ω.")
@@ -136,7 +141,9 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         v, more = node_voltages(source, res)
         steps += more
         drop = abs(v[a] - v[b])
-        steps.append(f"Voltage across {name} = |V{a} − V{b}| = |{_ohm(v[a])} − {_ohm(v[b])}| = {float(drop):.4f} V.")
+        steps.append(
+            f"Voltage across {name} = |V{a} − V{b}| = |{_ohm(v[a])} − {_ohm(v[b])}| = {float(drop):.4f} V."
+        )
         if op == "resistor_voltage":
             return Solution(steps, fmt_num(drop, 2))
         i = drop / r

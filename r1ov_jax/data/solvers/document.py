@@ -22,7 +22,9 @@ def _receipt(lines, query) -> Solution:
     for ln in lines:
         if m := _ITEM.match(ln):
             items[m[1]] = (int(m[2]), int(m[3]) * 100 + int(m[4]))
-    steps = ["The text lists: " + "; ".join(f"{k}: {q} × ${c / 100:.2f}" for k, (q, c) in items.items()) + "."]
+    steps = [
+        "The text lists: " + "; ".join(f"{k}: {q} × ${c / 100:.2f}" for k, (q, c) in items.items()) + "."
+    ]
     op = query["op"]
     if op == "qty":
         q = items[query["item"]][0]
@@ -48,7 +50,11 @@ def _receipt(lines, query) -> Solution:
 
 def _germination(lines, query) -> Solution:
     plots = {m[1]: (int(m[2]), int(m[3])) for ln in lines if (m := _PLOT.match(ln))}
-    steps = ["The report lists: " + "; ".join(f"plot {k}: {p} planted, {g} germinated" for k, (p, g) in plots.items()) + "."]
+    steps = [
+        "The report lists: "
+        + "; ".join(f"plot {k}: {p} planted, {g} germinated" for k, (p, g) in plots.items())
+        + "."
+    ]
     op = query["op"]
     if op == "not_germinated":
         p, g = plots[query["plot"]]
@@ -67,7 +73,11 @@ def _germination(lines, query) -> Solution:
         return Solution(steps, fmt_num(r, 1))
     if op == "best_plot":
         rates = {k: Fraction(g, p) for k, (p, g) in plots.items()}
-        steps.append("Rates: " + ", ".join(f"{k}: {plots[k][1]}/{plots[k][0]} = {float(r):.3f}" for k, r in rates.items()) + ".")
+        steps.append(
+            "Rates: "
+            + ", ".join(f"{k}: {plots[k][1]}/{plots[k][0]} = {float(r):.3f}" for k, r in rates.items())
+            + "."
+        )
         best = max(rates, key=rates.get)
         steps.append(f"The highest rate is plot {best}.")
         return Solution(steps, best)
@@ -75,8 +85,14 @@ def _germination(lines, query) -> Solution:
 
 
 def _schedule(lines, query) -> Solution:
-    rows = [(int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4]), m[5]) for ln in lines if (m := _SESSION.match(ln))]
-    steps = ["The schedule text lists: " + "; ".join(f"{name} {_hm(a)}–{_hm(b)}" for a, b, name in rows) + "."]
+    rows = [
+        (int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4]), m[5])
+        for ln in lines
+        if (m := _SESSION.match(ln))
+    ]
+    steps = [
+        "The schedule text lists: " + "; ".join(f"{name} {_hm(a)}–{_hm(b)}" for a, b, name in rows) + "."
+    ]
     op = query["op"]
     if op == "starts_at":
         hit = [name for a, _, name in rows if _hm(a) == query["time"]]
@@ -90,13 +106,19 @@ def _schedule(lines, query) -> Solution:
         if op == "duration":
             return Solution(steps, str(b - a))
         d = query["delay"]
-        steps.append(f"Starting {d} minutes late: {_hm(a + d)}; ending {b - a} minutes later at {_hm(b + d)}.")
+        steps.append(
+            f"Starting {d} minutes late: {_hm(a + d)}; ending {b - a} minutes later at {_hm(b + d)}."
+        )
         return Solution(steps, _hm(b + d))
     if op == "count_longer":
         mins = query["minutes"]
         longer = [(name, b - a) for a, b, name in rows if b - a > mins]
         steps.append("Durations: " + ", ".join(f"{name} {b - a} min" for a, b, name in rows) + ".")
-        steps.append(f"Longer than {mins} minutes: " + (", ".join(n for n, _ in longer) or "none") + f" → {len(longer)}.")
+        steps.append(
+            f"Longer than {mins} minutes: "
+            + (", ".join(n for n, _ in longer) or "none")
+            + f" → {len(longer)}."
+        )
         return Solution(steps, str(len(longer)))
     raise SolveError(f"document/schedule: unknown op {op!r}")
 

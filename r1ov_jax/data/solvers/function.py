@@ -30,8 +30,8 @@ def parse_poly(expr: str) -> list[int]:
 
 
 def parse(formal: str) -> tuple[list[int], int, int]:
-    m = re.search(r"^f\(x\) = (.+)$", formal, re.M)
-    d = re.search(r"^plot domain: (-?\d+) <= x <= (-?\d+)$", formal, re.M)
+    m = re.search(r"^f\(x\) = (.+)$", formal, re.MULTILINE)
+    d = re.search(r"^plot domain: (-?\d+) <= x <= (-?\d+)$", formal, re.MULTILINE)
     if not m or not d:
         raise SolveError("function formal text needs 'f(x) = ...' and 'plot domain: a <= x <= b'")
     return parse_poly(m[1]), int(d[1]), int(d[2])
@@ -55,10 +55,19 @@ def rational_roots(c: list[int], steps: list[str]) -> list[Fraction]:
         steps.append("The constant term is 0, so x = 0 is a root; divide by x.")
         c = c[k:]
     if len(c) > 1:
-        cands = sorted({s * Fraction(p, q) for p in _divisors(c[0]) for q in _divisors(c[-1]) for s in (1, -1)})
+        cands = sorted(
+            {s * Fraction(p, q) for p in _divisors(c[0]) for q in _divisors(c[-1]) for s in (1, -1)}
+        )
         hits = [x for x in cands if _f(c, x) == 0]
-        steps.append("Rational root candidates ±p/q (p | " + str(c[0]) + ", q | " + str(c[-1]) + "): "
-                     + ", ".join(fmt_num(x, 3) for x in cands) + ".")
+        steps.append(
+            "Rational root candidates ±p/q (p | "
+            + str(c[0])
+            + ", q | "
+            + str(c[-1])
+            + "): "
+            + ", ".join(fmt_num(x, 3) for x in cands)
+            + "."
+        )
         steps.append("Testing: " + ", ".join(f"f({fmt_num(x, 3)}) = 0" for x in hits) + ".")
         roots += hits
     return sorted(roots)
@@ -68,7 +77,9 @@ def solve(formal: str, question: str, query: dict) -> Solution:
     c, lo, hi = parse(formal)
     op = query["op"]
     deg = len(c) - 1
-    steps = [f"From the expression, f(x) has coefficients (constant first) {c}; the plotted domain is [{lo}, {hi}]."]
+    steps = [
+        f"From the expression, f(x) has coefficients (constant first) {c}; the plotted domain is [{lo}, {hi}]."
+    ]
     if op == "value":
         x = query["x"]
         terms = [f"{ck}·({x})^{k}" for k, ck in enumerate(c) if ck]
@@ -88,7 +99,11 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         if op == "num_roots_in":
             a, b = query["lo"], query["hi"]
             inside = [r for r in roots if a <= r <= b]
-            steps.append(f"Roots with {a} ≤ x ≤ {b}: " + (", ".join(fmt_num(r, 3) for r in inside) or "none") + f" → {len(inside)}.")
+            steps.append(
+                f"Roots with {a} ≤ x ≤ {b}: "
+                + (", ".join(fmt_num(r, 3) for r in inside) or "none")
+                + f" → {len(inside)}."
+            )
             return Solution(steps, str(len(inside)))
         r = roots[0] if op == "root_small" else roots[-1]
         steps.append(f"The {'smallest' if op == 'root_small' else 'largest'} root is {fmt_num(r, 2)}.")
@@ -101,7 +116,9 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         if op == "vertex_x":
             return Solution(steps, fmt_num(xv, 2))
         v = _f(c, xv)
-        steps.append(f"a = {c[2]} {'> 0: minimum' if c[2] > 0 else '< 0: maximum'}; f({fmt_num(xv, 3)}) = {fmt_num(v, 4)}.")
+        steps.append(
+            f"a = {c[2]} {'> 0: minimum' if c[2] > 0 else '< 0: maximum'}; f({fmt_num(xv, 3)}) = {fmt_num(v, 4)}."
+        )
         return Solution(steps, fmt_num(v, 2))
     if op == "count_negative_int":
         a, b = query["lo"], query["hi"]
@@ -122,6 +139,8 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         steps.append("Critical points: x = " + " and x = ".join(f"{x:.4f}" for x in xs) + ".")
         xm = [x for x in xs if 6 * c[3] * x + 2 * c[2] < 0][0]
         v = _f(c, xm)
-        steps.append(f"f''(x) = {6 * c[3]}x + {2 * c[2]} < 0 at x ≈ {xm:.4f}, a local maximum; f({xm:.4f}) ≈ {v:.4f}.")
+        steps.append(
+            f"f''(x) = {6 * c[3]}x + {2 * c[2]} < 0 at x ≈ {xm:.4f}, a local maximum; f({xm:.4f}) ≈ {v:.4f}."
+        )
         return Solution(steps, fmt_num(v, 2))
     raise SolveError(f"function: unknown op {op!r}")

@@ -50,7 +50,9 @@ def solve(formal: str, question: str, query: dict) -> Solution:
     if col not in cols:
         raise SolveError(f"table: column {col!r} not in {cols}")
     vals = {name: r[col] for name, r in rows.items()}
-    steps.append(f"The {col} column of the table reads: " + ", ".join(f"{k} = {v}" for k, v in vals.items()) + ".")
+    steps.append(
+        f"The {col} column of the table reads: " + ", ".join(f"{k} = {v}" for k, v in vals.items()) + "."
+    )
     if op == "lookup":
         v = vals[query["row"]]
         steps.append(f"The entry for {query['row']} is {v}.")
@@ -74,6 +76,10 @@ def solve(formal: str, question: str, query: dict) -> Solution:
     if op == "count_gt":
         t = query["threshold"]
         hits = [k for k, v in vals.items() if v > t]
-        steps.append(f"Rows with {col} > {t}: " + (", ".join(f"{k} ({vals[k]})" for k in hits) or "none") + f" → {len(hits)}.")
+        steps.append(
+            f"Rows with {col} > {t}: "
+            + (", ".join(f"{k} ({vals[k]})" for k in hits) or "none")
+            + f" → {len(hits)}."
+        )
         return Solution(steps, str(len(hits)))
     raise SolveError(f"table: unknown op {op!r}")
