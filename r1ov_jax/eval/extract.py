@@ -11,7 +11,10 @@ verifier (`r1ov_jax.rewards.verify_answer`). Rules, in order:
    and negations ("the answer is not A") are skipped; a phrase followed by nothing readable falls back to the
    previous candidate.
 3. `bare` — the whole output is just an answer: "B", "(B)", "B. 8/11", a choice text, "12 cm", "\\frac{1}{2}".
+
 4. `none` — nothing explicit: undecided, never guessed (correct=False, reported as its own count).
+Rules 2-3 look first at the text after the last `</think>` (R1-Onevision answers "<think>…</think>\\n\\nB"),
+then at the whole output.
 
 Multiple choice: letters are read only from those explicit spans, so options being listed or discussed
 ("Option A: …", "Answer choices: A. … B. …") never count. Several letters for a single-choice question are wrong
@@ -203,13 +206,17 @@ def score_answer(output: str, gold: str, choices: list[str] | None = None) -> An
             return AnswerScore(got[1], got[0], False, "answer_tag", body[:_MAX_SPAN])
         return AnswerScore(False, None, True, "answer_tag", body[:_MAX_SPAN])
 
-    for _, rule, span, whole in _candidates(output):
-        got = _interpret(span, task, whole=whole)
+    # R1-Onevision's own format is "<think>…</think>\n\nanswer": the text after the last </think> is the response,
+    # so an answer given there beats phrases inside the reasoning; the whole output is the fallback.
+    _, sep, post = output.rpartition("</think>")
+    scopes = [post, output] if sep and post.strip() else [output]
+    for scope in scopes:
+        for _, rule, span, whole in _candidates(scope):
+            got = _interpret(span, task, whole=whole)
+            if got is not None:
+                shown = span.strip() if whole else _first_line(span)
+                return AnswerScore(got[1], got[0], False, rule, shown[:_MAX_SPAN])
+        got = _bare(scope, task)
         if got is not None:
-            shown = span.strip() if whole else _first_line(span)
-            return AnswerScore(got[1], got[0], False, rule, shown[:_MAX_SPAN])
-
-    got = _bare(output, task)
-    if got is not None:
-        return AnswerScore(got[1], got[0], False, "bare", output.strip())
+            return AnswerScore(got[1], got[0], False, "bare", scope.strip())
     return AnswerScore(False, None, True, "none", None)

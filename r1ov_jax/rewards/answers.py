@@ -234,14 +234,24 @@ def parse_choices_field(raw: str) -> list[str] | None:
 
 
 def choices_from_question(question: str) -> list[str] | None:
-    """Options embedded in the question text ("Choices:\\nA:2\\nB:2√3 ...", MathVerse style), else None."""
+    """Options embedded in the question text, else None.
+
+    "…\nChoices:\nA:2\nB:2√3 …" (MathVerse) or, without a "Choices:" marker, lines starting "A." / "(A)" / "A:"
+    followed by B, C, … at the end of the question.
+    """
     m = re.search(r"(?:choices|options)\s*[:：]\s*", question, re.IGNORECASE)
-    if not m:
-        return None
+    if m is None:
+        m = re.search(r"(?m)^[ \t]*(?:\(A\)|A[.):：])", question)
+        if m is None:
+            return None
+        start = m.start()
+    else:
+        start = m.end()
     try:
-        return parse_choices_field(question[m.end() :])
+        got = parse_choices_field(question[start:])
     except ValueError:
         return None
+    return got if got and len(got) >= 2 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ CASES = [
     ("bare choice text", "8/11", "B", MC, "bare", "B", True),
     ("bare number", "12", "12", None, "bare", "12", True),
     ("bare latex", "$\\frac{1}{2}$", "0.5", None, "bare", "\\frac{1}{2}", True),
+    ("R1-Onevision style bare after think", "<think>Maybe the answer is A? No: 8 of 11 are shaded.</think>\n\nB",
+     "B", MC, "bare", "B", True),
+    ("R1-Onevision style phrase after think", "<think>So the answer is C.</think>\n\n**Answer:** B", "B", MC,
+     "phrase", "B", True),
+    ("after-think prose falls back to think", "<think>Hence the answer is B.</think>\nI hope this helps!", "B", MC,
+     "phrase", "B", True),
     # ---- rule 4: nothing explicit -> undecided, never guessed --------------------------------------------------
     ("options listed only", "Option A: 3/11 is the unshaded part. Option B: 8/11 matches the shaded part.",
      "B", MC, "none", None, False),

@@ -8,7 +8,12 @@ import pytest
 
 from r1ov_jax.rewards import accuracy_reward, compute_rewards, format_reward, verify_answer
 from r1ov_jax.rewards.accuracy import safe_for_symbolic, symbolic_equal
-from r1ov_jax.rewards.answers import parse_choices_field, parse_letters, parse_quantity
+from r1ov_jax.rewards.answers import (
+    choices_from_question,
+    parse_choices_field,
+    parse_letters,
+    parse_quantity,
+)
 
 # ----------------------------------------------------------------------------------------------------------- format
 
@@ -263,5 +268,8 @@ def test_parse_helpers():
     assert parse_choices_field("A. red\nB. green\nC. blue") == ["red", "green", "blue"]
     assert parse_choices_field("(A) 1 (B) 2 (C) 3") == ["1", "2", "3"]
     assert parse_choices_field("") is None
+    assert choices_from_question("Find BC.\nChoices:\nA:2\nB:2√3\nC:√3") == ["2", "2√3", "√3"]
+    assert choices_from_question("Which gas is produced?\n(A) O2\n(B) CO2\n(C) H2") == ["O2", "CO2", "H2"]
+    assert choices_from_question("Point A is on the circle. Find the angle.") is None
     with pytest.raises(ValueError):
         parse_choices_field("[1, 2")
