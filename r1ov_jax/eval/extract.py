@@ -11,8 +11,8 @@ verifier (`r1ov_jax.rewards.verify_answer`). Rules, in order:
    and negations ("the answer is not A") are skipped; a phrase followed by nothing readable falls back to the
    previous candidate.
 3. `bare` — the whole output is just an answer: "B", "(B)", "B. 8/11", a choice text, "12 cm", "\\frac{1}{2}".
-
 4. `none` — nothing explicit: undecided, never guessed (correct=False, reported as its own count).
+
 Rules 2-3 look first at the text after the last `</think>` (R1-Onevision answers "<think>…</think>\\n\\nB"),
 then at the whole output.
 
