@@ -92,24 +92,42 @@ def _resistor(d: ImageDraw.ImageDraw, x0: float, x1: float, y: float, label: str
     d.text((mid, y - 10), label, fill="#1F1F7A", font=font(12), anchor="mb")
 
 
-def _draw_tree(d, t, x0: float, x1: float, y: float) -> None:
+NODE_COLOR = "#2E6E9E"
+
+
+def _node_label(d: ImageDraw.ImageDraw, x: float, y: float, n: int) -> None:
+    """Junction dot and its netlist node number under the wire (so traces citing node numbers match the image)."""
+    d.ellipse([x - 3, y - 3, x + 3, y + 3], fill="black")
+    d.text((x, y + 5), str(n), fill=NODE_COLOR, font=font(10), anchor="mt")
+
+
+def _draw_tree(d, t, x0: float, x1: float, y: float, a: int, b: int, nxt: list[int]) -> None:
+    """Draw subtree t between terminals a (left) and b (right); node numbering mirrors `_netlist` exactly."""
     if t[0] == "R":
         _resistor(d, x0, x1, y, f"{t[1]} {t[2]}Ω")
     elif t[0] == "S":
+        nodes = [a]
+        for _ in t[1][:-1]:
+            nxt[0] += 1
+            nodes.append(nxt[0])
+        nodes.append(b)
         ws = [_size(c)[0] for c in t[1]]
         extra = (x1 - x0) - sum(ws) * UX
-        x = x0
-        for c, w in zip(t[1], ws):
+        x, junctions = x0, []
+        for k, (c, w) in enumerate(zip(t[1], ws)):
             cw = w * UX + extra / len(ws)
-            _draw_tree(d, c, x, x + cw, y)
+            _draw_tree(d, c, x, x + cw, y, nodes[k], nodes[k + 1], nxt)
             x += cw
+            junctions.append(x)
+        for x_j, n in zip(junctions[:-1], nodes[1:-1]):
+            _node_label(d, x_j, y, n)
     else:
         bl, br = x0 + UX * 0.25, x1 - UX * 0.25
         d.line([(x0, y), (bl, y)], fill="black", width=2)
         d.line([(br, y), (x1, y)], fill="black", width=2)
         yy = y
         for c in t[1]:
-            _draw_tree(d, c, bl, br, yy)
+            _draw_tree(d, c, bl, br, yy, a, b, nxt)
             last = yy
             yy += _size(c)[1] * UY
         d.line([(bl, y), (bl, last)], fill="black", width=2)
@@ -126,7 +144,7 @@ def _draw(t, volts: int) -> Image.Image:
     bottom = top + h_units * UY + 10
     img = Image.new("RGB", (int(right + 40), int(bottom + 30)), "white")
     d = ImageDraw.Draw(img)
-    _draw_tree(d, t, left, right, top)
+    _draw_tree(d, t, left, right, top, 1, 0, [1])
     bx = 74
     my = (top + bottom) / 2
     d.line(
@@ -139,6 +157,8 @@ def _draw(t, volts: int) -> Image.Image:
     d.line([(bx - 8, my + 6), (bx + 8, my + 6)], fill="black", width=3)
     d.text((bx + 20, my - 10), "+", fill="black", font=font(12), anchor="lm")
     d.text((bx - 20, my), f"{volts} V", fill="#7A1F1F", font=font(12), anchor="rm")
+    d.text((bx + 12, top + 5), "1", fill=NODE_COLOR, font=font(10), anchor="mt")  # source + terminal node
+    d.text((bx + 12, bottom + 5), "0", fill=NODE_COLOR, font=font(10), anchor="mt")  # ground
     return img
 
 
