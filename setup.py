@@ -11,6 +11,7 @@ RUNTIME = [
     "array-record",
     "tensorflow-datasets",
     "sentencepiece",
+    "protobuf",  # reads sentencepiece model specs when converting to tokenizer.json
     "numpy",
     "einops",
     "ml-collections",
