@@ -1,0 +1,242 @@
+"""``r1ov``: one command line for the whole project.
+
+    r1ov synth      generate formalization data (ArrayRecord shards)
+    r1ov sft        supervised fine-tuning            (--config FILE --config.a.b=v)
+    r1ov grpo       GRPO reinforcement learning       (--config FILE --config.a.b=v)
+    r1ov eval       R1-Onevision-Bench / VLMEvalKit TSV / generated held-out sets; --compare A B
+    r1ov generate   greedy (or sampled) answer for an image + prompt
+    r1ov import-hf  HF folder → run directory with an Orbax checkpoint
+    r1ov export-hf  any checkpoint step → HF folder transformers loads
+    r1ov demo       the whole pipeline on a tiny CPU config, in minutes
+
+User mistakes (missing files, bad formats, config errors) print one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+
+
+def _config_args(p: argparse.ArgumentParser, default: str | None):
+    p.add_argument("--config", default=default, help="Python config file defining get_config()"
+                   + (f" (default {default})" if default else ""))
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pulls ``--config.a.b=v`` / ``--config.a.b v`` overrides out of argv."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            body = a[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{a} needs a value")
+                body, i = f"{body}={argv[i + 1]}", i + 1
+            overrides.append(body)
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="r1ov", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Each subcommand has --help.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate formalization data with exact ground truth")
+    p.add_argument("--out", required=True, help="output directory for ArrayRecord shards + report.json")
+    p.add_argument("--num", type=int, required=True, help="number of items")
+    p.add_argument("--types", nargs="*", default=None, help="generator names (default: all)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+    for name, hlp in (("sft", "supervised fine-tuning on reasoning traces"), ("grpo", "GRPO reinforcement learning")):
+        p = sub.add_parser(name, help=hlp)
+        _config_args(p, "configs/tiny_cpu.py")
+        p.add_argument("--out", default=None, help="run directory (default: config's train.out_dir)")
+
+    p = sub.add_parser("eval", help="evaluate a model on a benchmark file, or compare two result sets")
+    p.add_argument("--model", help="HF folder or run directory")
+    p.add_argument("--data", help="Bench TSV / VLMEvalKit TSV / JSONL / generated ArrayRecord directory")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--out", default="eval_out")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--compare", nargs=2, metavar=("RESULTS_A", "RESULTS_B"), help="paired comparison of two runs")
+
+    p = sub.add_parser("generate", help="answer a prompt about an image")
+    p.add_argument("--model", required=True, help="HF folder or run directory")
+    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("import-hf", help="HF folder → run directory (Orbax checkpoint, step 0)")
+    p.add_argument("--model", required=True, help="local HF folder")
+    p.add_argument("--out", required=True, help="run directory to create")
+
+    p = sub.add_parser("export-hf", help="checkpoint → HF folder (safetensors shards + index + config)")
+    p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoints/ folder)")
+    p.add_argument("--step", type=int, default=None, help="default: latest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-shard-size", default="5GB")
+
+    p = sub.add_parser("demo", help="synthesis → SFT → GRPO → eval → HF export on a tiny CPU config")
+    _config_args(p, None)
+    p.add_argument("--out", default="runs/demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        argv, overrides = _split_overrides(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    if overrides and not hasattr(args, "config"):
+        print(f"error: r1ov {args.command} takes no --config overrides", file=sys.stderr)
+        return 2
+    from r1ov_jax.config_utils import ConfigError
+    from r1ov_jax.train.checkpoint import CheckpointError
+
+    try:
+        return int(COMMANDS[args.command](args, overrides) or 0)
+    except (ConfigError, CheckpointError, *USER_ERRORS) as e:
+        if os.environ.get("R1OV_DEBUG"):
+            raise
+        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_synth(args, overrides):
+    from r1ov_jax.data.synth import synthesize
+
+    report = synthesize(args.out, args.num, types=args.types, workers=args.workers, seed=args.seed)
+    print(json.dumps({k: report[k] for k in report if k in ("kept", "generated", "rejected", "seconds")}, indent=2))
+
+
+def load_any(path: str, dtype=None, attn_impl: str = "xla"):
+    """(model, tokenizer, image processor) from an HF folder or a run directory."""
+    import jax.numpy as jnp
+
+    from r1ov_jax import hf
+    from r1ov_jax.processing.tokenizer import Tokenizer
+    from r1ov_jax.train.builders import image_processor_for, load_run
+
+    dtype = dtype or jnp.float32
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path} does not exist")
+    if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.basename(path.rstrip("/")) == "checkpoints":
+        model, tok, _ = load_run(path, dtype=dtype, attn_impl=attn_impl)
+        mdir = model.hf_source
+    else:
+        model, mdir = hf.from_pretrained(path, dtype=dtype, attn_impl=attn_impl), path
+        tok = Tokenizer.from_pretrained(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
+    if tok is None:
+        raise FileNotFoundError(f"{mdir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return model, tok, image_processor_for(mdir)
+
+
+def cmd_generate(args, overrides):
+    from r1ov_jax.rollout.chat import answer_prompts
+
+    model, tok, ip = load_any(args.model)
+    for p in args.image:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"image {p} does not exist")
+    images = [open(p, "rb").read() for p in args.image]
+    (text,) = answer_prompts(model, tok, ip, [(images, args.prompt)], max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, seed=args.seed)
+    print(text)
+
+
+def cmd_import_hf(args, overrides):
+    from r1ov_jax import hf
+    from r1ov_jax.processing.tokenizer import Tokenizer
+    from r1ov_jax.train.builders import image_processor_for, save_params_checkpoint, write_model_files
+
+    model = hf.from_pretrained(args.model)
+    tok = Tokenizer.from_pretrained(args.model) if os.path.exists(os.path.join(args.model, "tokenizer.json")) else None
+    has_ip = os.path.exists(os.path.join(args.model, "preprocessor_config.json"))
+    write_model_files(args.out, model, tok, image_processor_for(args.model) if has_ip else None,
+                      side_files_from=args.model)
+    save_params_checkpoint(args.out, model, 0)
+    print(f"imported {args.model} → {args.out} (step 0)")
+
+
+def cmd_export_hf(args, overrides):
+    from r1ov_jax import hf
+    from r1ov_jax.train.builders import load_run
+
+    model, _, step = load_run(args.checkpoint, args.step)
+    out = hf.save_pretrained(model, args.out, args.max_shard_size, side_files_from=model.hf_source)
+    print(f"exported step {step} → {out}")
+
+
+def _train_command(kind):
+    def run(args, overrides):
+        from r1ov_jax.config_utils import load_config
+        from r1ov_jax.train import recipes
+
+        cfg = load_config(args.config, overrides)
+        if args.out:
+            cfg[{"sft": "sft", "grpo": "rl"}[kind]].train.out_dir = args.out
+        print(cfg)
+        result = recipes.run_stage(kind, cfg)
+        print(json.dumps(result, indent=2, default=str))
+    return run
+
+
+def cmd_eval(args, overrides):
+    from r1ov_jax.eval import compare, format_comparison
+
+    if args.compare:
+        a, b = args.compare
+        print(format_comparison(compare(a, b), os.path.basename(a.rstrip("/")), os.path.basename(b.rstrip("/"))))
+        return 0
+    if not args.model or not args.data:
+        raise ValueError("r1ov eval needs --model and --data (or --compare A B)")
+    from r1ov_jax.rollout.chat import evaluate_model
+
+    model, tok, ip = load_any(args.model)
+    summary = evaluate_model(model, tok, ip, args.data, args.out, limit=args.limit, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens)
+    from r1ov_jax.eval import format_markdown
+
+    print(format_markdown(summary))
+
+
+def cmd_demo(args, overrides):
+    from r1ov_jax.config_utils import load_config
+    from r1ov_jax.demo import default_demo_config, run_demo
+
+    cfg = load_config(args.config, overrides) if args.config else default_demo_config()
+    if not args.config:
+        from r1ov_jax.config_utils import apply_override
+
+        for o in overrides:
+            apply_override(cfg, o)
+    summary = run_demo(cfg, args.out)
+    print(json.dumps(summary, indent=2))
+
+
+COMMANDS = {
+    "synth": cmd_synth, "sft": _train_command("sft"), "grpo": _train_command("grpo"), "eval": cmd_eval,
+    "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf, "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""``r1ov demo``: the whole R1-Onevision recipe on a tiny CPU config, from nothing, in minutes.
+
+synthesize formalization data (exact ground truth) → train a sentencepiece tokenizer on it → SFT a tiny
+Qwen2.5-VL from scratch on the reasoning traces → GRPO from the SFT checkpoint with format + accuracy rewards
+→ evaluate both on held-out generated items → export the GRPO model to an HF folder → plots + summary.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+import ml_collections
+
+from r1ov_jax.train.checkpoint import save_json_atomic
+
+
+def default_demo_config() -> ml_collections.ConfigDict:
+    from r1ov_jax.train.recipes import base_config
+
+    cfg = base_config()
+    cfg.demo = ml_collections.ConfigDict(dict(
+        types=("scene",), train_items=1200, heldout_items=200, rl_items=400, workers=2, seed=0,
+        heldout_seed=10_000_000, rl_seed=20_000_000, vocab_size=800, eval_max_new_tokens=160,
+        eval_batch_size=32,
+    ))
+    p = cfg.pipeline
+    p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 24  # ~ 120x180 px: 24 merged image tokens
+    p.seq_len, p.batch_size, p.max_patches = 512, 8, 8 * 4 * 24 * 2
+    p.window_size = 56
+    p.prompt_batch_size, p.worker_count = 4, 0
+    cfg.model.preset = "tiny"
+    cfg.model.text = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                                    num_attention_heads=4, num_key_value_heads=2,
+                                                    mrope_section=(4, 6, 6)))
+    cfg.model.vision = ml_collections.ConfigDict(dict(depth=4, hidden_size=64, intermediate_size=192, num_heads=4,
+                                                      out_hidden_size=128, window_size=56,
+                                                      fullatt_block_indexes=(1, 3)))
+    s = cfg.sft
+    s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
+    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 400, 10, 100, 100
+    r = cfg.rl
+    r.optim.lr, r.optim.warmup_ratio = 2e-5, 0.0
+    r.grpo.num_generations, r.grpo.max_new_tokens, r.grpo.beta = 8, 160, 0.04
+    r.train.steps, r.train.log_every, r.train.ckpt_every = 30, 1, 10
+    return cfg
+
+
+def _records_texts(paths):
+    from r1ov_jax.data.synth import read_records
+
+    for rec in read_records(paths):
+        yield rec.prompt_text() if hasattr(rec, "prompt_text") else rec.question
+        if rec.trace:
+            yield rec.trace
+
+
+def chance_baselines(train_dir: str, heldout_dir: str) -> dict:
+    """Accuracy of guessing: uniformly among the distinct gold answers of the same question template seen in
+    training (``chance_accuracy``), and always the most frequent one (``majority_accuracy``, the best a model
+    that ignores the image could do)."""
+    from r1ov_jax.data.synth import read_records, shard_paths
+    from r1ov_jax.rewards import verify_answer
+
+    def template(rec):
+        q = rec.meta.get("query")
+        return json.dumps(q[-1] if isinstance(q, list) and q else rec.meta.get("type"), sort_keys=True)[:80] \
+            if q is not None else rec.meta.get("type", "")
+
+    answers = collections.defaultdict(collections.Counter)
+    for rec in read_records(shard_paths(train_dir)):
+        answers[template(rec)][str(rec.answer)] += 1
+    chance, majority, n = 0.0, 0.0, 0
+    for rec in read_records(shard_paths(heldout_dir)):
+        n += 1
+        seen = answers.get(template(rec))
+        if rec.choices:
+            chance += 1.0 / len(rec.choices)
+        elif seen:
+            chance += 1.0 / len(seen)
+        if seen:
+            majority += float(verify_answer(seen.most_common(1)[0][0], str(rec.answer), rec.choices))
+    return {"chance_accuracy": chance / max(n, 1), "majority_accuracy": majority / max(n, 1)}
+
+
+def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
+    from r1ov_jax.eval.model_eval import evaluate_model
+    from r1ov_jax.eval.runner import load_results
+    from r1ov_jax.rewards import format_reward
+    from r1ov_jax.train.builders import image_processor_for, load_run
+
+    model, tok, _ = load_run(run_dir)
+    ip = image_processor_for(os.path.join(run_dir, "model"))
+    summary = evaluate_model(model, tok, ip, heldout_dir, out_dir, batch_size=cfg.demo.eval_batch_size,
+                             max_new_tokens=cfg.demo.eval_max_new_tokens, suffix=cfg.pipeline.rl_suffix,
+                             system=None)
+    recs = load_results(out_dir)
+    acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
+    fmt = sum(format_reward(r["output"]) for r in recs) / max(len(recs), 1)
+    # held-out reward with the training weights (format + accuracy), comparable between SFT and GRPO
+    w = cfg.rl.grpo.reward_weights
+    return {"accuracy": acc, "format_rate": fmt, "reward": w.get("format", 0) * fmt + w.get("accuracy", 0) * acc,
+            "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
+            "n": len(recs), "ci95": summary.get("overall", {}).get("ci")}
+
+
+def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:
+    from r1ov_jax import hf
+    from r1ov_jax.data.synth import shard_paths, synthesize
+    from r1ov_jax.processing.tokenizer import train_sentencepiece
+    from r1ov_jax.train import recipes
+    from r1ov_jax.train.builders import load_run
+    from r1ov_jax.train.metrics import plot_metrics
+
+    t0 = time.perf_counter()
+    d = cfg.demo
+    os.makedirs(out, exist_ok=True)
+    timings = {}
+    data = {k: os.path.join(out, "data", k) for k in ("train", "heldout", "rl")}
+    for key, num, seed in (("train", d.train_items, d.seed), ("heldout", d.heldout_items, d.heldout_seed),
+                           ("rl", d.rl_items, d.rl_seed)):
+        if not shard_paths(data[key]):
+            synthesize(data[key], num, types=list(d.types), workers=d.workers, seed=seed, progress=progress)
+    timings["synth_s"] = time.perf_counter() - t0
+
+    tok_prefix = os.path.join(out, "tokenizer", "sp")
+    if not os.path.exists(tok_prefix + ".model"):
+        os.makedirs(os.path.dirname(tok_prefix), exist_ok=True)
+        train_sentencepiece(_records_texts(shard_paths(data["train"])), tok_prefix, d.vocab_size)
+    cfg.tokenizer.path = tok_prefix + ".model"
+    cfg.data.train, cfg.data.eval, cfg.data.rl = data["train"], data["heldout"], data["rl"]
+    timings["tokenizer_s"] = time.perf_counter() - t0 - timings["synth_s"]
+
+    sft_dir, grpo_dir = os.path.join(out, "sft"), os.path.join(out, "grpo")
+    t = time.perf_counter()
+    recipes.run_sft_stage(cfg, sft_dir, progress=progress)
+    timings["sft_s"] = time.perf_counter() - t
+    cfg.rl.init_from = sft_dir
+    t = time.perf_counter()
+    recipes.run_grpo_stage(cfg, grpo_dir, progress=progress)
+    timings["grpo_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sft_scores = _eval(sft_dir, data["heldout"], os.path.join(out, "eval", "sft"), cfg)
+    grpo_scores = _eval(grpo_dir, data["heldout"], os.path.join(out, "eval", "grpo"), cfg)
+    timings["eval_s"] = time.perf_counter() - t
+
+    model, tok, _ = load_run(grpo_dir)
+    hf.save_pretrained(model, os.path.join(out, "hf"), side_files_from=os.path.join(grpo_dir, "model"))
+    plots = [plot_metrics(os.path.join(sft_dir, "metrics.jsonl"), ["train/loss", "eval/loss", "train/token_acc"],
+                          os.path.join(out, "sft_curves.png"), "SFT"),
+             plot_metrics(os.path.join(grpo_dir, "metrics.jsonl"),
+                          ["grpo/reward", "grpo/format_rate", "grpo/accuracy", "grpo/kl", "grpo/completion_len"],
+                          os.path.join(out, "grpo_curves.png"), "GRPO")]
+    grpo_rewards = _last_mean(os.path.join(grpo_dir, "metrics.jsonl"), "grpo/reward")
+    summary = {
+        **chance_baselines(data["train"], data["heldout"]),
+        "sft": sft_scores,
+        "grpo": {**grpo_scores, "train_reward_last5": grpo_rewards},
+        "minutes": (time.perf_counter() - t0) / 60,
+        "timings_s": timings,
+        "plots": [p for p in plots if p],
+        "hf_export": os.path.join(out, "hf"),
+    }
+    save_json_atomic(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def _last_mean(path: str, key: str, k: int = 5) -> float | None:
+    from r1ov_jax.train.metrics import read_jsonl
+
+    vals = [r[key] for r in read_jsonl(path) if key in r] if os.path.exists(path) else []
+    return sum(vals[-k:]) / len(vals[-k:]) if vals else None

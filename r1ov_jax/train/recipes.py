@@ -1,0 +1,128 @@
+"""Config → running stage: the glue behind ``r1ov sft``, ``r1ov grpo`` and ``r1ov demo``.
+
+Config layout (see ``configs/``)::
+
+    data.train / data.eval      ArrayRecord shard folders (``r1ov synth`` output) or files
+    pipeline                    r1ov_jax.data.pipeline config (pixels, seq_len, packing, prompts)
+    tokenizer.path              HF folder / sentencepiece model; empty = the model's own (model.hf_path)
+    model                       preset or hf_path, dtype, attention impl, remat
+    sft.optim / sft.train       SFT stage;   rl.optim / rl.train / rl.grpo / rl.init_from   GRPO stage
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from r1ov_jax.data.pipeline import grpo_dataset, sft_dataset
+from r1ov_jax.data.synth import shard_paths
+from r1ov_jax.processing import ImageProcessor
+from r1ov_jax.processing.tokenizer import Tokenizer
+from r1ov_jax.train import grpo as grpo_lib
+from r1ov_jax.train import sft as sft_lib
+from r1ov_jax.train.builders import build_model, load_run, write_model_files
+
+
+def data_paths(spec: str) -> list[str]:
+    if not spec:
+        raise ValueError("data path is empty: set --config.data.train=DIR (an `r1ov synth` output)")
+    if os.path.isdir(spec):
+        paths = shard_paths(spec)
+        if not paths:
+            raise FileNotFoundError(f"{spec}: no ArrayRecord shards inside")
+        return paths
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"data {spec} does not exist")
+    return [spec]
+
+
+def load_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
+    path = cfg.tokenizer.path or cfg.model.hf_path
+    if not path:
+        raise ValueError("no tokenizer: set tokenizer.path (HF folder or sentencepiece .model) or model.hf_path")
+    if path.endswith(".model"):
+        return Tokenizer.from_sentencepiece(path)
+    return Tokenizer.from_pretrained(path)
+
+
+def image_processor(cfg: ml_collections.ConfigDict) -> ImageProcessor:
+    p = cfg.pipeline
+    return ImageProcessor(min_pixels=p.min_pixels, max_pixels=p.max_pixels)
+
+
+def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """The flat view a trainer reads: ``optim``, ``train`` (+ ``grpo``) of one stage."""
+    s = cfg[stage]
+    view = ml_collections.ConfigDict({"optim": s.optim, "train": s.train})
+    if stage == "rl":
+        view.grpo = s.grpo
+    return view
+
+
+def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
+    out_dir = out_dir or cfg.sft.train.out_dir
+    tok = load_tokenizer(cfg)
+    model = build_model(cfg.model, tok)
+    write_model_files(out_dir, model, tok, image_processor(cfg))
+    train_ds = sft_dataset(data_paths(cfg.data.train), tok, cfg.pipeline, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+    eval_batches = None
+    if cfg.data.get("eval"):
+        ev_cfg = cfg.pipeline.copy_and_resolve_references()
+        ev_cfg.shuffle, ev_cfg.num_epochs = False, 1
+        eval_batches = list(iter(sft_dataset(data_paths(cfg.data.eval), tok, ev_cfg)))[: cfg.sft.eval_batches]
+    return sft_lib.run_sft(model, iter(train_ds), stage_config(cfg, "sft"), out_dir=out_dir,
+                           eval_batches=eval_batches, progress=progress)
+
+
+def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
+    out_dir = out_dir or cfg.rl.train.out_dir
+    if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
+        model, tok, _ = load_run(cfg.rl.init_from, attn_impl=cfg.model.attn_impl)
+        if tok is None:
+            tok = load_tokenizer(cfg)
+    else:
+        tok = load_tokenizer(cfg)
+        model = build_model(cfg.model, tok)
+    write_model_files(out_dir, model, tok, image_processor(cfg), side_files_from=getattr(model, "hf_source", None))
+    ref = nnx.clone(model)  # frozen SFT policy for the KL term
+    prompts = grpo_dataset(data_paths(cfg.data.rl or cfg.data.train), tok, cfg.pipeline,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+
+    def decode(ids):
+        return tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    return grpo_lib.run_grpo(model, ref, iter(prompts), decode, stage_config(cfg, "rl"), out_dir=out_dir,
+                             eos_ids=(tok.eos_id,), pad_id=tok.pad_id, progress=progress)
+
+
+def run_stage(kind: str, cfg: ml_collections.ConfigDict) -> dict:
+    if kind == "sft":
+        return run_sft_stage(cfg)
+    if kind == "grpo":
+        return run_grpo_stage(cfg)
+    raise ValueError(f"unknown stage {kind!r}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with neutral defaults; configs/*.py start from it and override."""
+    from r1ov_jax.data.pipeline import default_pipeline_config
+    from r1ov_jax.train.builders import default_model_config
+    from r1ov_jax.train.optim import default_optim_config
+
+    cfg = ml_collections.ConfigDict()
+    cfg.data = ml_collections.ConfigDict(dict(train="", eval="", rl=""))
+    cfg.pipeline = default_pipeline_config()
+    cfg.tokenizer = ml_collections.ConfigDict(dict(path=""))
+    cfg.model = default_model_config()
+    cfg.sft = ml_collections.ConfigDict(dict(optim=default_optim_config(), train=sft_lib.default_train_config(),
+                                             eval_batches=8))
+    cfg.sft.train.out_dir = "runs/sft"
+    cfg.rl = ml_collections.ConfigDict(dict(optim=default_optim_config(), train=sft_lib.default_train_config(),
+                                            grpo=grpo_lib.default_grpo_config(), init_from=""))
+    cfg.rl.train.out_dir = "runs/grpo"
+    cfg.rl.optim.lr = 1e-6
+    return cfg
