@@ -2,10 +2,10 @@
 
     python benchmarks/bench_processor.py [--n 32] [--repeats 5] [--seed 0]
 
-Both processors get the same 32 mixed-size RGB PIL images (a quarter already multiples of 28, so no resize; the
-rest are resized, some down past max_pixels when --max-pixels is small). Repeats are interleaved (HF, ours, HF,
-ours, ...) so load from other processes hits both alike; the median of each is reported with their ratio, and the
-max |diff| of pixel_values between the two outputs.
+Both processors get the same 32 mixed-size RGB PIL images (a quarter already multiples of 28, so no
+resize; the rest are resized, some down past max_pixels when --max-pixels is small). Repeats are interleaved
+(HF, ours, ours 1 thread, HF, ...) so load from other processes hits all alike; the medians are reported with
+their ratios, and the max |diff| of pixel_values between the outputs.
 """
 
 from __future__ import annotations
@@ -73,16 +73,26 @@ def main() -> None:
 
     ref_pv = np.asarray(ref["pixel_values"])
     diff = max(float(np.abs(ref_pv - o["pixel_values"]).max()) for o in (out, out_1t))
-    grids_equal = all(np.array_equal(np.asarray(ref["image_grid_thw"]), o["image_grid_thw"]) for o in (out, out_1t))
+    grids_equal = all(
+        np.array_equal(np.asarray(ref["image_grid_thw"]), o["image_grid_thw"]) for o in (out, out_1t)
+    )
     n_patches = out["pixel_values"].shape[0]
     mp = sum(im.width * im.height for im in images) / 1e6
     med_hf, med_ours, med_1t = (statistics.median(t) for t in (t_hf, t_ours, t_1t))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (default threads = min(8, CPUs))")
-    print(f"{args.n} images, {mp:.1f} MP in, {n_patches} patches out, min/max_pixels {args.min_pixels}/{args.max_pixels}")
+    print(
+        f"{args.n} images, {mp:.1f} MP in, {n_patches} patches out, "
+        f"min/max_pixels {args.min_pixels}/{args.max_pixels}"
+    )
     print(f"HF Qwen2VLImageProcessorPil: median {med_hf * 1e3:.1f} ms (min {min(t_hf) * 1e3:.1f})")
-    print(f"r1ov ImageProcessor, default threads: median {med_ours * 1e3:.1f} ms (min {min(t_ours) * 1e3:.1f})")
+    print(
+        f"r1ov ImageProcessor, default threads: median {med_ours * 1e3:.1f} ms (min {min(t_ours) * 1e3:.1f})"
+    )
     print(f"r1ov ImageProcessor, 1 thread:        median {med_1t * 1e3:.1f} ms (min {min(t_1t) * 1e3:.1f})")
-    print(f"speed-up (median HF / median ours): {med_hf / med_ours:.2f}x default threads, {med_hf / med_1t:.2f}x 1 thread")
+    print(
+        f"speed-up (median HF / median ours): {med_hf / med_ours:.2f}x default threads, "
+        f"{med_hf / med_1t:.2f}x 1 thread"
+    )
     print(f"pixel_values max|diff| = {diff:.3g}; image_grid_thw equal: {grids_equal}")
 
 

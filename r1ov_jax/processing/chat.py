@@ -51,7 +51,9 @@ def _content_text(content: Any, where: str, counts: dict[str, int], add_vision_i
     out = []
     for j, item in enumerate(content):
         if not isinstance(item, dict):
-            raise ValueError(f"{where} item {j}: expected a dict like {{'type': 'text', 'text': ...}}, got {item!r}")
+            raise ValueError(
+                f"{where} item {j}: expected a dict like {{'type': 'text', 'text': ...}}, got {item!r}"
+            )
         # Same precedence as the template: image, then video, then text; unknown items render nothing.
         if item.get("type") == "image" or "image" in item or "image_url" in item:
             counts["image"] += 1
@@ -80,7 +82,9 @@ def _segments(
     header and the newline after <|im_end|> are not (the model never has to produce them).
     """
     if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence):
-        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+        raise ValueError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
     counts = {"image": 0, "video": 0}
     for i, message in enumerate(messages):
         where = f"message {i}"
@@ -119,7 +123,9 @@ def render_chat(
     Returns:
         The prompt text with one `<|image_pad|>` per image (see `expand_image_pads`).
     """
-    return "".join(text for text, _ in _segments(messages, add_generation_prompt, default_system, add_vision_id))
+    return "".join(
+        text for text, _ in _segments(messages, add_generation_prompt, default_system, add_vision_id)
+    )
 
 
 def _tokens_per_image(image_grid_thw: Any, merge_size: int) -> list[int]:
@@ -130,7 +136,8 @@ def _tokens_per_image(image_grid_thw: Any, merge_size: int) -> list[int]:
     bad = [i for i, s in enumerate(sizes) if s <= 0 or s % (merge_size * merge_size)]
     if bad:
         raise ValueError(
-            f"image_grid_thw rows {bad} give t*h*w not divisible by merge_size**2={merge_size**2}: {grid[bad].tolist()}"
+            f"image_grid_thw rows {bad} give t*h*w not divisible by merge_size**2={merge_size**2}: "
+            f"{grid[bad].tolist()}"
         )
     return (sizes // (merge_size * merge_size)).tolist()
 
@@ -162,13 +169,13 @@ def tokenize_conversation(
     add_generation_prompt: bool = False,
     default_system: str | None = DEFAULT_SYSTEM,
 ) -> dict[str, np.ndarray]:
-    """Tokenize a conversation for training: ids of `render_chat(messages)` with image pads expanded, and a mask
-    that is True exactly on assistant content tokens and their closing <|im_end|>.
+    """Tokenize a conversation for training: ids of `render_chat(messages)` with image pads expanded, and a
+    mask that is True exactly on assistant content tokens and their closing <|im_end|>.
 
     Each rendered piece is tokenized separately, then image pads are expanded on ids. Pieces meet at special
-    tokens, where tokenizers split anyway, or right after the `<|im_start|>assistant\n` header, where generation
-    starts at inference; the ids equal those of the whole text unless an assistant turn begins with whitespace
-    containing a newline (whole-text byte-level BPE would then merge it with the header's newline).
+    tokens, where tokenizers split anyway, or right after the `<|im_start|>assistant\n` header, where
+    generation starts at inference; the ids equal those of the whole text unless an assistant turn begins
+    with whitespace containing a newline (whole-text byte-level BPE would merge it with the header's newline).
     Args:
         image_grid_thw: [n_images, 3] grids from ImageProcessor, in the order images appear; required when the
             conversation has images.
@@ -199,5 +206,7 @@ def tokenize_conversation(
                 ids.append(token)
                 mask.append(target)
     if image != n_images:
-        raise ValueError(f"tokenizer produced {image} {IMAGE_PAD} ids for {n_images} images; is it a single token?")
+        raise ValueError(
+            f"tokenizer produced {image} {IMAGE_PAD} ids for {n_images} images; is it a single token?"
+        )
     return {"input_ids": np.asarray(ids, dtype=np.int32), "loss_mask": np.asarray(mask, dtype=np.bool_)}

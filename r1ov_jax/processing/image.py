@@ -1,10 +1,10 @@
 """Qwen2.5-VL image preprocessing: smart_resize → PIL resize → rescale/normalize → patchify (host-side NumPy).
 
 Reproduces transformers' `Qwen2VLImageProcessorPil` (5.24) exactly (see QWEN2_5_VL.md §5): the same RGB
-conversion (alpha composited onto white), the same PIL resize of the uint8 image, and bit-identical float32 values.
-It is faster because rescale+normalize is a 256-entry lookup table per channel (HF upcasts to float64, then
-normalizes in float32: the table is built with exactly those operations), and the patch transpose runs on uint8
-before the lookup writes float32 once, straight into the preallocated output.
+conversion (alpha composited onto white), the same PIL resize of the uint8 image, and bit-identical float32
+values. It is faster because rescale+normalize is a lookup table built with HF's exact dtype steps (float64
+rescale, float32 normalize) instead of whole-image float passes, the patch transpose runs on uint8, and the
+lookups fill the preallocated output chunk by chunk (optionally several images at once in threads).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def _as_list(images: Any) -> list:
     if isinstance(images, Sequence):
         return list(images)
     raise TypeError(
-        f"images must be a PIL image, a uint8 numpy array, encoded bytes or a list of these, got {type(images)}"
+        "images must be a PIL image, a uint8 numpy array, encoded bytes or a list of these, "
+        f"got {type(images)}"
     )
 
 
@@ -160,8 +161,8 @@ class ImageProcessor:
         self.resample = Image.Resampling(resample)
         self.num_threads = num_threads
         self._lut = self._build_lut()
-        # Even patch sides let two horizontally adjacent pixels share one lookup (a '<u2' index into a table of
-        # float32 pairs, read as int64): half the gathers. Odd sides fall back to one pixel per lookup.
+        # Even patch sides let two horizontally adjacent pixels share one lookup (a '<u2' index into a table
+        # of float32 pairs, read as int64): half the gathers. Odd sides use one pixel per lookup.
         self._group = 2 if self.patch_size % 2 == 0 else 1
         self._lut_group = self._build_pair_lut() if self._group == 2 else self._lut
 
@@ -174,8 +175,8 @@ class ImageProcessor:
         return np.ascontiguousarray((x[None, :] - mean) / std)  # [C, 256] float32
 
     def _build_pair_lut(self) -> np.ndarray:
-        """pair[c, v] for a little-endian uint16 v = (first pixel) | (second pixel) << 8: the two float32 values
-        side by side, viewed as one int64 so a single `take` writes both. [C, 65536] int64, 1.5 MiB."""
+        """pair[c, v] for a little-endian uint16 v = (first pixel) | (second pixel) << 8: the two float32
+        values side by side, viewed as one int64 so a single `take` writes both. [C, 65536] int64, 1.5 MiB."""
         v = np.arange(65536)
         pair = np.empty((3, 65536, 2), dtype=np.float32)
         pair[:, :, 0] = self._lut[:, v & 255]
@@ -249,8 +250,10 @@ class ImageProcessor:
             plane = np.ascontiguousarray(rgb[:, :, ch])  # [H, W] uint8
             if g == 2:
                 plane = plane.view("<u2")  # [H, W/2]: pixel pairs along a patch row
-            # uint8 transpose to patch order (4x less traffic than moving float32): [n, P*P/g]
-            planes.append(plane.reshape(gh // m, m, p, gw // m, m, p // g).transpose(0, 3, 1, 4, 2, 5).reshape(n, k))
+            # Byte-sized transpose to patch order (far less traffic than moving float32): [n, P*P/g]
+            planes.append(
+                plane.reshape(gh // m, m, p, gw // m, m, p // g).transpose(0, 3, 1, 4, 2, 5).reshape(n, k)
+            )
         # Chunks keep the lookup temporaries in cache; allocating full-image temporaries costs more than
         # the arithmetic (page faults), and taking straight into the strided `dst` makes NumPy buffer it.
         chunk = 256
@@ -334,7 +337,9 @@ class ImageProcessor:
             if config.get(flag, True) is not True:
                 raise ValueError(f"preprocessor config sets {flag}={config[flag]!r}; only True is supported")
         if abs(config.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-            raise ValueError(f"preprocessor config rescale_factor must be 1/255, got {config['rescale_factor']}")
+            raise ValueError(
+                f"preprocessor config rescale_factor must be 1/255, got {config['rescale_factor']}"
+            )
         size = config.get("size") or {}
         kwargs = dict(
             min_pixels=config.get("min_pixels", size.get("shortest_edge", 3136)),

@@ -1,9 +1,9 @@
 """One tokenizer interface over HF `tokenizer.json` (tokenizers library) and sentencepiece models.
 
-Real Qwen checkpoints ship tokenizer.json; tiny from-scratch models use a sentencepiece model trained here on
-generated text. Both know the Qwen special tokens by name, so the chat template and processor code are shared.
-In both backends special tokens written in the text (`<|im_start|>`, `<|image_pad|>`, ...) encode to single ids,
-and `encode` never adds BOS/EOS.
+Real Qwen checkpoints ship tokenizer.json; tiny from-scratch models use a sentencepiece model trained here
+on generated text. Both know the Qwen special tokens by name, so the chat template and processor code are
+shared. In both backends special tokens written in the text (`<|im_start|>`, `<|image_pad|>`, ...) encode to
+single ids, and `encode` never adds BOS/EOS.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ QWEN_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
-_BACKEND_KEY = "r1ov_backend"  # written to tokenizer_config.json so a saved sentencepiece tokenizer reloads as one
+_BACKEND_KEY = (
+    "r1ov_backend"  # written to tokenizer_config.json so a saved sentencepiece tokenizer reloads as one
+)
 _SP_MODEL_FILE = "tokenizer.model"
 _SP_SPACE = "\u2581"  # sentencepiece's visible space "▁"
 
@@ -51,8 +53,8 @@ def _token_text(value: Any) -> str | None:
 
 
 class Tokenizer:
-    """Tokenizer with the same interface for both backends. Build with `from_pretrained`, `from_sentencepiece`,
-    `train_sentencepiece` or `make_test_tokenizer`, not directly."""
+    """Tokenizer with the same interface for both backends. Build it with `from_pretrained`,
+    `from_sentencepiece`, `train_sentencepiece` or `make_test_tokenizer`."""
 
     def __init__(
         self,
@@ -83,8 +85,8 @@ class Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a folder: tokenizer.json (+ tokenizer_config.json), or a sentencepiece tokenizer.model.
 
-        A folder written by `save` from a sentencepiece tokenizer holds both; its tokenizer_config.json says to
-        reload the sentencepiece model (the exact original) rather than the converted tokenizer.json.
+        A folder written by `save` from a sentencepiece tokenizer holds both; its tokenizer_config.json says
+        to reload the sentencepiece model (the exact original) rather than the converted tokenizer.json.
         """
         path = Path(path)
         if not path.is_dir():
@@ -105,7 +107,9 @@ class Tokenizer:
         raise FileNotFoundError(f"{path} has neither tokenizer.json nor {_SP_MODEL_FILE}")
 
     @classmethod
-    def from_sentencepiece(cls, model_path: str | os.PathLike, config: dict[str, Any] | None = None) -> Tokenizer:
+    def from_sentencepiece(
+        cls, model_path: str | os.PathLike, config: dict[str, Any] | None = None
+    ) -> Tokenizer:
         """Load a sentencepiece `.model` file."""
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -127,7 +131,7 @@ class Tokenizer:
         return self._sp.encode(text, out_type=int)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text of `ids`. skip_special_tokens drops the control tokens (<|im_end|>, ...), never <think> etc."""
+        """Text of `ids`; skip_special_tokens drops control tokens (<|im_end|>, ...), never <think> etc."""
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -208,9 +212,9 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> None:
         """Write a folder that `from_pretrained` and transformers' AutoTokenizer both load.
 
-        HF backend: tokenizer.json + tokenizer_config.json. Sentencepiece backend: additionally tokenizer.model
-        (what `from_pretrained` reloads); its tokenizer.json is a conversion for transformers (sentencepiece
-        models with identity normalization and no dummy prefix only, as `train_sentencepiece` makes them).
+        HF backend: tokenizer.json + tokenizer_config.json. Sentencepiece backend: also tokenizer.model (what
+        `from_pretrained` reloads); its tokenizer.json is a conversion for transformers (for sentencepiece
+        models with identity normalization and no dummy prefix, as `train_sentencepiece` makes them).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -232,7 +236,7 @@ class Tokenizer:
         return f"Tokenizer(backend={self.backend!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r})"
 
 
-# ---- sentencepiece training and conversion -------------------------------------------------------------------
+# ---- sentencepiece training and conversion ----------------------------------------------------------------
 def train_sentencepiece(
     texts: Iterable[str],
     out_prefix: str | os.PathLike,
@@ -311,8 +315,8 @@ def sentencepiece_to_hf(model_proto: bytes) -> tokenizers.Tokenizer:
     norm = m.normalizer_spec
     if norm.name != "identity" or norm.add_dummy_prefix or norm.remove_extra_whitespaces:
         raise ValueError(
-            "only sentencepiece models with identity normalization, no dummy prefix and kept whitespace convert "
-            f"to tokenizer.json (got {norm.name!r}, add_dummy_prefix={norm.add_dummy_prefix}, "
+            "only sentencepiece models with identity normalization, no dummy prefix and kept whitespace "
+            f"convert to tokenizer.json (got {norm.name!r}, add_dummy_prefix={norm.add_dummy_prefix}, "
             f"remove_extra_whitespaces={norm.remove_extra_whitespaces})"
         )
     normal, unknown, control, user_defined = 1, 2, 3, 4  # ModelProto.SentencePiece.Type
@@ -324,13 +328,21 @@ def sentencepiece_to_hf(model_proto: bytes) -> tokenizers.Tokenizer:
         vocab = {p: i for i, (p, _, _) in enumerate(pieces)}
         mergeable = {p for p, _, t in pieces if t == normal}
         model = models.BPE(
-            vocab, _bpe_merges(vocab, mergeable), unk_token=pieces[unk_id][0], byte_fallback=True, fuse_unk=True
+            vocab,
+            _bpe_merges(vocab, mergeable),
+            unk_token=pieces[unk_id][0],
+            byte_fallback=True,
+            fuse_unk=True,
         )
     else:
-        raise ValueError(f"unsupported sentencepiece model_type {m.trainer_spec.model_type} (need unigram or bpe)")
+        raise ValueError(
+            f"unsupported sentencepiece model_type {m.trainer_spec.model_type} (need unigram or bpe)"
+        )
     tok = tokenizers.Tokenizer(model)
     tok.normalizer = normalizers.Replace(" ", _SP_SPACE)
-    tok.decoder = decoders.Sequence([decoders.Replace(_SP_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace(_SP_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
     added = [
         AddedToken(p, special=(t != user_defined or p in QWEN_SPECIAL_TOKENS), normalized=False)
         for p, _, t in pieces
@@ -340,7 +352,7 @@ def sentencepiece_to_hf(model_proto: bytes) -> tokenizers.Tokenizer:
     return tok
 
 
-# ---- test helper ---------------------------------------------------------------------------------------------
+# ---- test helper ------------------------------------------------------------------------------------------
 _TEST_CORPUS = (
     "You are a helpful assistant.",
     "Describe this image. The chart shows sales rising from 10 to 42 units between 2019 and 2023.",

@@ -86,7 +86,9 @@ def test_render_documented_example():
 def test_default_system_options():
     msgs = [{"role": "user", "content": "hi"}]
     assert render_chat(msgs, default_system=None) == "<|im_start|>user\nhi<|im_end|>\n"
-    assert render_chat(msgs, default_system="S").startswith("<|im_start|>system\nS<|im_end|>\n<|im_start|>user")
+    assert render_chat(msgs, default_system="S").startswith(
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user"
+    )
     # An explicit system message wins over the default.
     sys_first = [{"role": "system", "content": "X"}] + msgs
     assert render_chat(sys_first, default_system="S").count("system") == 1
@@ -111,7 +113,9 @@ def test_expand_image_pads():
     assert out == "a" + "<|image_pad|>" * 6 + "b" + "<|image_pad|>" + "c"
     assert expand_image_pads("no images", np.zeros((0, 3), np.int64)) == "no images"
     assert expand_image_pads("<|image_pad|>", [[2, 4, 6]], merge_size=2) == "<|image_pad|>" * 12
-    with pytest.raises(ValueError, match="text has 2 <\\|image_pad\\|> tokens but image_grid_thw has 1 images"):
+    with pytest.raises(
+        ValueError, match="text has 2 <\\|image_pad\\|> tokens but image_grid_thw has 1 images"
+    ):
         expand_image_pads(text, [[1, 4, 6]])
     with pytest.raises(ValueError, match="text has 1 .* has 2 images"):
         expand_image_pads("<|image_pad|>", [[1, 2, 2], [1, 2, 2]])
@@ -185,7 +189,9 @@ def test_mask_excludes_header_and_turn_newline(hf_tokenizer):
 
 def test_generation_prompt(hf_tokenizer):
     messages = CONVERSATIONS["one-image"]
-    out = tokenize_conversation(messages, hf_tokenizer, image_grid_thw=[[1, 4, 6]], add_generation_prompt=True)
+    out = tokenize_conversation(
+        messages, hf_tokenizer, image_grid_thw=[[1, 4, 6]], add_generation_prompt=True
+    )
     header = hf_tokenizer.encode("<|im_start|>assistant\n")
     assert out["input_ids"][-len(header) :].tolist() == header
     assert not out["loss_mask"].any()
@@ -193,9 +199,11 @@ def test_generation_prompt(hf_tokenizer):
 
 
 def test_tokenize_conversation_sentencepiece(sp_tokenizer):
-    messages = CONVERSATIONS["system-multiturn"] + CONVERSATIONS["one-image"] + [
-        {"role": "assistant", "content": "<think>bars</think><answer>plums</answer>"}
-    ]
+    messages = (
+        CONVERSATIONS["system-multiturn"]
+        + CONVERSATIONS["one-image"]
+        + [{"role": "assistant", "content": "<think>bars</think><answer>plums</answer>"}]
+    )
     grids = [[1, 4, 4]]
     out = tokenize_conversation(messages, sp_tokenizer, image_grid_thw=grids)
     full = expand_image_pads(render_chat(messages), grids)
@@ -206,10 +214,10 @@ def test_tokenize_conversation_sentencepiece(sp_tokenizer):
 
 
 def test_assistant_content_starting_with_newlines(hf_tokenizer):
-    # Pieces are cut where generation starts ("<|im_start|>assistant\n" | content). If the content begins with
-    # newlines, whole-text pre-tokenization joins them with the header's "\n" into one pre-token, so a tokenizer
-    # with newline merges (Qwen's) would give other ids there. The piecewise ids keep the generation boundary,
-    # decode to the same text, and leave the header unmasked.
+    # Pieces are cut where generation starts ("<|im_start|>assistant\n" | content). If the content begins
+    # with newlines, whole-text pre-tokenization joins them with the header's "\n" into one pre-token, so a
+    # tokenizer with newline merges (Qwen's) would give other ids there. The piecewise ids keep the
+    # generation boundary, decode to the same text, and leave the header unmasked.
     pre = [p for p, _ in hf_tokenizer._hf.pre_tokenizer.pre_tokenize_str("assistant\n\n\nhello")]
     assert pre == ["assistant", "\u010a\u010a\u010a", "hello"]  # byte-level "\n" is "Ċ"
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\n\nhello"}]

@@ -67,7 +67,9 @@ def test_matches_hf_sizes(h, w, min_pixels, max_pixels):
 
 def test_bit_exact():
     # The lookup table is built with transformers' exact float64 → float32 steps, so results are identical.
-    imgs = [Image.fromarray(_image(h, w, seed=i)) for i, (h, w) in enumerate([(83, 129), (56, 56), (300, 200)])]
+    imgs = [
+        Image.fromarray(_image(h, w, seed=i)) for i, (h, w) in enumerate([(83, 129), (56, 56), (300, 200)])
+    ]
     ours = ImageProcessor()(imgs)["pixel_values"]
     ref = np.asarray(HFProcessor(min_pixels=3136, max_pixels=12845056)(images=imgs)["pixel_values"])
     np.testing.assert_array_equal(ours, ref)
@@ -146,7 +148,13 @@ def test_patch_layout():
 
 def test_odd_patch_size_and_custom_stats():
     # Odd patch sides take the one-pixel-per-lookup path.
-    kw = dict(patch_size=7, merge_size=3, temporal_patch_size=3, image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.3, 0.4))
+    kw = dict(
+        patch_size=7,
+        merge_size=3,
+        temporal_patch_size=3,
+        image_mean=(0.5, 0.4, 0.3),
+        image_std=(0.2, 0.3, 0.4),
+    )
     img = Image.fromarray(_image(50, 80, 12))
     ours = ImageProcessor(min_pixels=100, max_pixels=10000, **kw)(img)
     ref = HFProcessor(min_pixels=100, max_pixels=10000, **kw)(images=[img])

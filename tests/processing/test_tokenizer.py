@@ -53,7 +53,10 @@ def test_special_tokens_are_single_ids(tok):
 
 def test_skip_special_tokens(tok):
     text = "<|im_start|>assistant\n<think>a</think><answer>b</answer><|im_end|>"
-    assert tok.decode(tok.encode(text), skip_special_tokens=True) == "assistant\n<think>a</think><answer>b</answer>"
+    assert (
+        tok.decode(tok.encode(text), skip_special_tokens=True)
+        == "assistant\n<think>a</think><answer>b</answer>"
+    )
     assert tok.special_ids >= {tok.im_start_id, tok.im_end_id, tok.image_pad_id}
     assert tok.token_to_id("<think>") not in tok.special_ids
 
@@ -126,7 +129,11 @@ def test_sentencepiece_json_conversion_matches(sp_tokenizer):
 
 def test_from_pretrained_prefers_sentencepiece_model(sp_tokenizer, tmp_path):
     sp_tokenizer.save(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    }
     assert Tokenizer.from_pretrained(tmp_path).backend == "sentencepiece"
     # Without our config marker the tokenizer.json (a faithful conversion) is used.
     (tmp_path / "tokenizer_config.json").unlink()
@@ -158,4 +165,4 @@ def test_missing_special_token_error(tmp_path):
     bare = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={"a": 0}, merges=[]))
     tok = Tokenizer(hf=bare)
     with pytest.raises(KeyError, match="has no '<\\|im_start\\|>' token"):
-        tok.im_start_id
+        _ = tok.im_start_id
