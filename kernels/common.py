@@ -72,7 +72,7 @@ def padded_head_dim(d: int, backend: str) -> int:
 
 def to_heads(x: jax.Array, t_pad: int, d_pad: int) -> jax.Array:
     """``[b, t, h, d]`` -> zero-padded ``[b, h, t_pad, d_pad]``."""
-    b, t, h, d = x.shape
+    _, t, _, d = x.shape
     x = jnp.pad(x, ((0, 0), (0, t_pad - t), (0, 0), (0, d_pad - d)))
     return jnp.transpose(x, (0, 2, 1, 3))
 

@@ -27,7 +27,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
-
 from r1ov_kernels import common, reference
 from r1ov_kernels.common import MASK_VALUE, dot, visible
 from r1ov_kernels.flash_attention import _lanes
@@ -70,7 +69,7 @@ def decode_attention(
       ``[b, tq, hq, d]`` in q's dtype.
     """
     kv_segment_ids = reference.lengths_to_segment_ids(lengths, kv_segment_ids, k_cache.shape[:2])
-    b, tq, hq, d = q.shape
+    b, tq = q.shape[:2]
     s_len = k_cache.shape[1]
     if q_segment_ids is None:
         q_segment_ids = jnp.ones((b, tq), jnp.int32)
@@ -79,8 +78,17 @@ def decode_attention(
     if causal:
         q_positions = common.default_positions(b, tq) if q_positions is None else q_positions
         kv_positions = common.default_positions(b, s_len) if kv_positions is None else kv_positions
-    cfg = _Config.make(q.shape, k_cache.shape, causal=causal, scale=scale, block_k=block_k,
-                       num_splits=num_splits, in_place=in_place, backend=backend, interpret=interpret)
+    cfg = _Config.make(
+        q.shape,
+        k_cache.shape,
+        causal=causal,
+        scale=scale,
+        block_k=block_k,
+        num_splits=num_splits,
+        in_place=in_place,
+        backend=backend,
+        interpret=interpret,
+    )
     return _decode(cfg, q, k_cache, v_cache, (q_segment_ids, kv_segment_ids, q_positions, kv_positions))
 
 
@@ -117,9 +125,16 @@ class _Config:
         nk = common.cdiv(s_len, bk)
         splits = num_splits or common.cdiv(TARGET_PROGRAMS[backend], b * hkv)
         return cls(
-            backend=backend, interpret=common.use_interpret(interpret), causal=causal,
-            scale=float(d**-0.5 if scale is None else scale), block_k=bk, s_pad=nk * bk, d_pad=d_pad,
-            rows=rows, num_splits=max(1, min(splits, nk)), in_place=can if in_place is None else in_place,
+            backend=backend,
+            interpret=common.use_interpret(interpret),
+            causal=causal,
+            scale=float(d**-0.5 if scale is None else scale),
+            block_k=bk,
+            s_pad=nk * bk,
+            d_pad=d_pad,
+            rows=rows,
+            num_splits=max(1, min(splits, nk)),
+            in_place=can if in_place is None else in_place,
         )
 
 
@@ -145,8 +160,9 @@ def _decode_vjp_fwd(cfg, q, k, v, ids):
 
 def _decode_vjp_bwd(cfg, res, do):
     q, k, v, ids = res
-    ref = lambda q, k, v: reference.reference_flash_attention(  # noqa: E731
-        q, k, v, *ids, causal=cfg.causal, scale=cfg.scale)
+    ref = lambda q, k, v: reference.reference_flash_attention(
+        q, k, v, *ids, causal=cfg.causal, scale=cfg.scale
+    )
     return (*jax.vjp(ref, q, k, v)[1](do), None)
 
 
@@ -162,12 +178,13 @@ def _decode_fwd_impl(cfg, q, k, v, ids):
     if cfg.causal:
         kv_pos = common.pad_ids(kv_pos, sp)
     # One q block covering every row: lo/hi per sequence.
-    lo, hi, _, _ = common.block_ranges(q_seg, kv_seg, q_pos, kv_pos, causal=cfg.causal, block_q=tq,
-                                       block_k=cfg.block_k)
+    lo, hi, _, _ = common.block_ranges(
+        q_seg, kv_seg, q_pos, kv_pos, causal=cfg.causal, block_q=tq, block_k=cfg.block_k
+    )
     # Rows r = gi * tq + t of kv head h hold query head h * g + gi at token t.
     qr = q.reshape(b, tq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * tq, d)
     qr = jnp.pad(qr, ((0, 0), (0, 0), (0, rows - g * tq), (0, dp - d)))
-    tile_rows = lambda x: common.pad_ids(jnp.tile(x, (1, g)), rows)  # noqa: E731
+    tile_rows = lambda x: common.pad_ids(jnp.tile(x, (1, g)), rows)
     row_ids = [tile_rows(q_seg), kv_seg] + ([tile_rows(q_pos), kv_pos] if cfg.causal else [])
     if cfg.in_place:
         k, v = k.reshape(b, s_len, hkv * d), v.reshape(b, s_len, hkv * d)
@@ -175,11 +192,10 @@ def _decode_fwd_impl(cfg, q, k, v, ids):
         k, v = common.to_heads(k, sp, dp), common.to_heads(v, sp, dp)
     run = _tpu_decode if cfg.backend == "tpu" else _gpu_decode
     o, lse = run(cfg, qr, k, v, lo[:, 0], hi[:, 0], row_ids, hkv)
-    # Merge the splits by their logsumexp; splits that saw no visible key carry lse == MASK_VALUE.
-    top = lse.max(axis=2, keepdims=True)
-    w = jnp.where(lse > MASK_VALUE, jnp.exp(lse - top), 0.0)
-    den = w.sum(axis=2)
-    out = (o.astype(jnp.float32) * w[..., None]).sum(axis=2) / jnp.where(den > 0, den, 1.0)[..., None]
+    # Merge the splits by their logsumexp. Splits that saw no visible key carry lse == MASK_VALUE, so their
+    # weight underflows to 0; if every split is empty all weights are 1 but every o is 0 -> zero row.
+    w = jnp.exp(lse - lse.max(axis=2, keepdims=True))
+    out = (o * w[..., None]).sum(axis=2) / w.sum(axis=2)[..., None]
     out = out[:, :, : g * tq, :d].reshape(b, hkv, g, tq, d).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, tq, hq, d).astype(q.dtype)
 
@@ -255,28 +271,41 @@ def _tpu_decode(cfg, qr, k, v, lo, hi, row_ids, hkv):
     if cfg.in_place:  # [b, S, hkv * d]: lane block h is kv head h
         kv_spec = pl.BlockSpec((None, bk, dp), lambda bi, h, s, j, lo, hi: (bi, blk(bi, s, j, lo, hi), h))
     else:
-        kv_spec = pl.BlockSpec((None, None, bk, dp), lambda bi, h, s, j, lo, hi: (bi, h, blk(bi, s, j, lo, hi), 0))
-    q_map = lambda bi, h, s, j, lo, hi: (bi, h, 0, 0)  # noqa: E731
+        kv_spec = pl.BlockSpec(
+            (None, None, bk, dp), lambda bi, h, s, j, lo, hi: (bi, h, blk(bi, s, j, lo, hi), 0)
+        )
+    q_map = lambda bi, h, s, j, lo, hi: (bi, h, 0, 0)
     col_spec = pl.BlockSpec((None, rows, LANES), lambda bi, h, s, j, lo, hi: (bi, 0, 0))
     row_spec = pl.BlockSpec((None, SUBLANES, bk), lambda bi, h, s, j, lo, hi: (bi, 0, blk(bi, s, j, lo, hi)))
-    col = lambda x: jnp.broadcast_to(x[..., None], (*x.shape, LANES))  # noqa: E731
-    row = lambda x: jnp.broadcast_to(x[:, None, :], (b, SUBLANES, x.shape[1]))  # noqa: E731
+    col = lambda x: jnp.broadcast_to(x[..., None], (*x.shape, LANES))
+    row = lambda x: jnp.broadcast_to(x[:, None, :], (b, SUBLANES, x.shape[1]))
     side = [col(row_ids[0]), row(row_ids[1])] + ([col(row_ids[2]), row(row_ids[3])] if cfg.causal else [])
-    out_map = lambda bi, h, s, j, lo, hi: (bi, h, s, 0, 0)  # noqa: E731
+    out_map = lambda bi, h, s, j, lo, hi: (bi, h, s, 0, 0)
     o, lse = pl.pallas_call(
         functools.partial(_tpu_kernel, cfg=cfg),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2,
             grid=(b, hkv, ns, steps),
-            in_specs=[pl.BlockSpec((None, None, rows, dp), q_map), kv_spec, kv_spec,
-                      *([col_spec, row_spec] * (2 if cfg.causal else 1))],
-            out_specs=[pl.BlockSpec((None, None, None, rows, dp), out_map),
-                       pl.BlockSpec((None, None, None, rows, LANES), out_map)],
-            scratch_shapes=[pltpu.VMEM((rows, dp), jnp.float32), pltpu.VMEM((rows, LANES), jnp.float32),
-                            pltpu.VMEM((rows, LANES), jnp.float32)],
+            in_specs=[
+                pl.BlockSpec((None, None, rows, dp), q_map),
+                kv_spec,
+                kv_spec,
+                *([col_spec, row_spec] * (2 if cfg.causal else 1)),
+            ],
+            out_specs=[
+                pl.BlockSpec((None, None, None, rows, dp), out_map),
+                pl.BlockSpec((None, None, None, rows, LANES), out_map),
+            ],
+            scratch_shapes=[
+                pltpu.VMEM((rows, dp), jnp.float32),
+                pltpu.VMEM((rows, LANES), jnp.float32),
+                pltpu.VMEM((rows, LANES), jnp.float32),
+            ],
         ),
-        out_shape=[jax.ShapeDtypeStruct((b, hkv, ns, rows, dp), jnp.float32),
-                   jax.ShapeDtypeStruct((b, hkv, ns, rows, LANES), jnp.float32)],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, hkv, ns, rows, dp), jnp.float32),
+            jax.ShapeDtypeStruct((b, hkv, ns, rows, LANES), jnp.float32),
+        ],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * 3 + ("arbitrary",)),
         interpret=cfg.interpret,
         name="decode_attention_tpu",
@@ -304,8 +333,11 @@ def _gpu_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, cfg):
         return _online_step(cfg, q, k_ref[sl, :], v_ref[sl, :], mask, *carry)
 
     rows, dp = q.shape
-    init = (jnp.zeros((rows, dp), jnp.float32), jnp.full((rows,), MASK_VALUE, jnp.float32),
-            jnp.zeros((rows,), jnp.float32))
+    init = (
+        jnp.zeros((rows, dp), jnp.float32),
+        jnp.full((rows,), MASK_VALUE, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
     o, lse = _finish(*lax.fori_loop(start, end, body, init))
     o_ref[...] = o
     lse_ref[...] = lse
@@ -321,16 +353,26 @@ def _gpu_decode(cfg, qr, k, v, lo, hi, row_ids, hkv):
     scal = pl.BlockSpec((None,), lambda bi, h, s: (bi,))
     q_side = pl.BlockSpec((None, rows), lambda bi, h, s: (bi, 0))
     k_side = pl.BlockSpec((None, sp), lambda bi, h, s: (bi, 0))
-    out_map = lambda bi, h, s: (bi, h, s, 0, 0)  # noqa: E731
+    out_map = lambda bi, h, s: (bi, h, s, 0, 0)
     o, lse = pl.pallas_call(
         functools.partial(_gpu_kernel, cfg=cfg),
         grid=(b, hkv, ns),
-        in_specs=[scal, scal, pl.BlockSpec((None, None, rows, dp), lambda bi, h, s: (bi, h, 0, 0)),
-                  kv_spec, kv_spec, *([q_side, k_side] * (2 if cfg.causal else 1))],
-        out_specs=[pl.BlockSpec((None, None, None, rows, dp), out_map),
-                   pl.BlockSpec((None, None, None, rows), lambda bi, h, s: (bi, h, s, 0))],
-        out_shape=[jax.ShapeDtypeStruct((b, hkv, ns, rows, dp), jnp.float32),
-                   jax.ShapeDtypeStruct((b, hkv, ns, rows), jnp.float32)],
+        in_specs=[
+            scal,
+            scal,
+            pl.BlockSpec((None, None, rows, dp), lambda bi, h, s: (bi, h, 0, 0)),
+            kv_spec,
+            kv_spec,
+            *([q_side, k_side] * (2 if cfg.causal else 1)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, rows, dp), out_map),
+            pl.BlockSpec((None, None, None, rows), lambda bi, h, s: (bi, h, s, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, hkv, ns, rows, dp), jnp.float32),
+            jax.ShapeDtypeStruct((b, hkv, ns, rows), jnp.float32),
+        ],
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=cfg.interpret,
         name="decode_attention_triton",

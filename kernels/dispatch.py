@@ -13,7 +13,6 @@ Vision code that holds ``cu_seqlens`` and a static bound on window length can ca
 from __future__ import annotations
 
 import jax
-
 from r1ov_kernels import common
 from r1ov_kernels.decode_attention import decode_attention
 from r1ov_kernels.flash_attention import flash_attention

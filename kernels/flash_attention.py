@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-
 from r1ov_kernels import common
 from r1ov_kernels.common import MASK_VALUE, Geometry, dot, visible
 
@@ -80,21 +79,32 @@ def flash_attention(
     _check_qkv(q, k, v)
     backend = common.kernel_backend(backend)
     bq, bk, tqp, tkp, dp = plan(tq, tk, d, backend=backend, block_q=block_q, block_k=block_k)
-    ones = lambda t: jnp.ones((b, t), jnp.int32)  # noqa: E731
+    ones = lambda t: jnp.ones((b, t), jnp.int32)
     q_seg = common.pad_ids(ones(tq) if q_segment_ids is None else q_segment_ids, tqp)
     kv_seg = common.pad_ids(ones(tk) if kv_segment_ids is None else kv_segment_ids, tkp)
     q_pos = kv_pos = None
     if causal:
         q_pos = common.pad_ids(common.default_positions(b, tq) if q_positions is None else q_positions, tqp)
-        kv_pos = common.pad_ids(common.default_positions(b, tk) if kv_positions is None else kv_positions, tkp)
+        kv_pos = common.pad_ids(
+            common.default_positions(b, tk) if kv_positions is None else kv_positions, tkp
+        )
     ranges = common.block_ranges(q_seg, kv_seg, q_pos, kv_pos, causal=causal, block_q=bq, block_k=bk)
     geo = Geometry(
-        backend=backend, interpret=common.use_interpret(interpret), causal=causal,
-        scale=float(d**-0.5 if scale is None else scale), block_q=bq, block_k=bk, groups=hq // hkv,
-        kv_steps=tkp // bk, q_steps=tqp // bq,
+        backend=backend,
+        interpret=common.use_interpret(interpret),
+        causal=causal,
+        scale=float(d**-0.5 if scale is None else scale),
+        block_q=bq,
+        block_k=bk,
+        groups=hq // hkv,
+        kv_steps=tkp // bk,
+        q_steps=tqp // bq,
     )
     out = attention_core(
-        geo, common.to_heads(q, tqp, dp), common.to_heads(k, tkp, dp), common.to_heads(v, tkp, dp),
+        geo,
+        common.to_heads(q, tqp, dp),
+        common.to_heads(k, tkp, dp),
+        common.to_heads(v, tkp, dp),
         (q_seg, kv_seg, q_pos, kv_pos, *ranges),
     )
     return common.from_heads(out, tq, d)
@@ -102,7 +112,9 @@ def flash_attention(
 
 def _check_qkv(q, k, v):
     if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
-        raise ValueError(f"expected q [b, tq, hq, d] and k, v [b, tk, hkv, d]; got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(
+            f"expected q [b, tq, hq, d] and k, v [b, tk, hkv, d]; got {q.shape}, {k.shape}, {v.shape}"
+        )
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
         raise ValueError(f"q {q.shape} and k {k.shape} disagree on batch / head dim, or hq % hkv != 0")
     if not q.dtype == k.dtype == v.dtype:
@@ -252,7 +264,8 @@ def _tpu_forward(geo, q, k, v, meta):
         pl.BlockSpec((None, None, bk, d), kv_map),
         pl.BlockSpec((None, None, bk, d), kv_map),
         *_side_specs(
-            geo, lambda bi, h, qi, j, lo, hi: (bi, qi, 0),
+            geo,
+            lambda bi, h, qi, j, lo, hi: (bi, qi, 0),
             lambda bi, h, qi, j, lo, hi: (bi, 0, _clamped(lo, hi, bi * nq + qi, j)),
         ),
     ]
@@ -354,10 +367,15 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
             num_scalar_prefetch=2,
             grid=(b, hq, nq, geo.kv_steps),
             in_specs=[
-                pl.BlockSpec(qblk, q_map), pl.BlockSpec(kblk, kv_map), pl.BlockSpec(kblk, kv_map),
-                pl.BlockSpec(qblk, q_map), pl.BlockSpec(cblk, q_map), pl.BlockSpec(cblk, q_map),
+                pl.BlockSpec(qblk, q_map),
+                pl.BlockSpec(kblk, kv_map),
+                pl.BlockSpec(kblk, kv_map),
+                pl.BlockSpec(qblk, q_map),
+                pl.BlockSpec(cblk, q_map),
+                pl.BlockSpec(cblk, q_map),
                 *_side_specs(
-                    geo, lambda bi, h, qi, j, lo, hi: (bi, qi, 0),
+                    geo,
+                    lambda bi, h, qi, j, lo, hi: (bi, qi, 0),
                     lambda bi, h, qi, j, lo, hi: (bi, 0, _clamped(lo, hi, bi * nq + qi, j)),
                 ),
             ],
@@ -383,10 +401,15 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
             num_scalar_prefetch=2,
             grid=(b, hkv, nk, g, geo.q_steps),
             in_specs=[
-                pl.BlockSpec(qblk, qg_map), pl.BlockSpec(kblk, k_map), pl.BlockSpec(kblk, k_map),
-                pl.BlockSpec(qblk, qg_map), pl.BlockSpec(cblk, qg_map), pl.BlockSpec(cblk, qg_map),
+                pl.BlockSpec(qblk, qg_map),
+                pl.BlockSpec(kblk, k_map),
+                pl.BlockSpec(kblk, k_map),
+                pl.BlockSpec(qblk, qg_map),
+                pl.BlockSpec(cblk, qg_map),
+                pl.BlockSpec(cblk, qg_map),
                 *_side_specs(
-                    geo, lambda bi, h, ki, gi, j, qlo, qhi: (bi, _clamped(qlo, qhi, bi * nk + ki, j), 0),
+                    geo,
+                    lambda bi, h, ki, gi, j, qlo, qhi: (bi, _clamped(qlo, qhi, bi * nk + ki, j), 0),
                     lambda bi, h, ki, gi, j, qlo, qhi: (bi, 0, ki),
                 ),
             ],

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
-
 from r1ov_kernels.common import MASK_VALUE, Geometry, dot, visible
 
 
@@ -37,8 +36,11 @@ def _mask(geo, side, q_sl, k_sl):
     qs_ref, ks_ref, qp_ref, kp_ref = side
     q_pos, k_pos = _ids(qp_ref, q_sl), _ids(kp_ref, k_sl)
     return visible(
-        qs_ref[q_sl][:, None], ks_ref[k_sl][None, :],
-        None if q_pos is None else q_pos[:, None], None if k_pos is None else k_pos[None, :], geo.causal,
+        qs_ref[q_sl][:, None],
+        ks_ref[k_sl][None, :],
+        None if q_pos is None else q_pos[:, None],
+        None if k_pos is None else k_pos[None, :],
+        geo.causal,
     )
 
 
@@ -92,16 +94,18 @@ def forward(geo: Geometry, q, k, v, meta):
     tkp = k.shape[2]
     bq, g = geo.block_q, geo.groups
     nq = tqp // bq
-    q_map = lambda qi, bi, h: (bi, h, qi, 0)  # noqa: E731
-    kv_map = lambda qi, bi, h: (bi, h // g, 0, 0)  # noqa: E731
-    rng_map = lambda qi, bi, h: (bi, qi)  # noqa: E731
+    q_map = lambda qi, bi, h: (bi, h, qi, 0)
+    kv_map = lambda qi, bi, h: (bi, h // g, 0, 0)
+    rng_map = lambda qi, bi, h: (bi, qi)
     out, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, geo=geo),
         grid=(nq, b, hq),
         in_specs=[
-            pl.BlockSpec((None, None), rng_map), pl.BlockSpec((None, None), rng_map),
+            pl.BlockSpec((None, None), rng_map),
+            pl.BlockSpec((None, None), rng_map),
             pl.BlockSpec((None, None, bq, d), q_map),
-            pl.BlockSpec((None, None, tkp, d), kv_map), pl.BlockSpec((None, None, tkp, d), kv_map),
+            pl.BlockSpec((None, None, tkp, d), kv_map),
+            pl.BlockSpec((None, None, tkp, d), kv_map),
             *_side_specs(geo, bq, tkp, lambda qi, bi, h: (bi, qi), lambda qi, bi, h: (bi, 0)),
         ],
         out_specs=[
@@ -172,20 +176,23 @@ def backward(geo: Geometry, q, k, v, meta, do, lse, delta):
     nq, nk = tqp // bq, tkp // bk
     sides = _side_args(geo, meta)
 
-    q_map = lambda qi, bi, h: (bi, h, qi, 0)  # noqa: E731
-    row_map = lambda qi, bi, h: (bi, h, qi)  # noqa: E731
-    kv_map = lambda qi, bi, h: (bi, h // g, 0, 0)  # noqa: E731
-    rng_map = lambda qi, bi, h: (bi, qi)  # noqa: E731
+    q_map = lambda qi, bi, h: (bi, h, qi, 0)
+    row_map = lambda qi, bi, h: (bi, h, qi)
+    kv_map = lambda qi, bi, h: (bi, h // g, 0, 0)
+    rng_map = lambda qi, bi, h: (bi, qi)
     qblk = (None, None, bq, d)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, geo=geo),
         grid=(nq, b, hq),
         in_specs=[
-            pl.BlockSpec((None, None), rng_map), pl.BlockSpec((None, None), rng_map),
+            pl.BlockSpec((None, None), rng_map),
+            pl.BlockSpec((None, None), rng_map),
             pl.BlockSpec(qblk, q_map),
-            pl.BlockSpec((None, None, tkp, d), kv_map), pl.BlockSpec((None, None, tkp, d), kv_map),
+            pl.BlockSpec((None, None, tkp, d), kv_map),
+            pl.BlockSpec((None, None, tkp, d), kv_map),
             pl.BlockSpec(qblk, q_map),
-            pl.BlockSpec((None, None, bq), row_map), pl.BlockSpec((None, None, bq), row_map),
+            pl.BlockSpec((None, None, bq), row_map),
+            pl.BlockSpec((None, None, bq), row_map),
             *_side_specs(geo, bq, tkp, lambda qi, bi, h: (bi, qi), lambda qi, bi, h: (bi, 0)),
         ],
         out_specs=pl.BlockSpec(qblk, q_map),
@@ -196,8 +203,8 @@ def backward(geo: Geometry, q, k, v, meta, do, lse, delta):
     )(meta[4], meta[5], q, k, v, do, lse, delta, *sides)
 
     # The kv head's g query heads are one contiguous block of the head axis: block g, index h.
-    grp_map = lambda ki, bi, h: (bi, h, 0, 0)  # noqa: E731
-    k_map = lambda ki, bi, h: (bi, h, ki, 0)  # noqa: E731
+    grp_map = lambda ki, bi, h: (bi, h, 0, 0)
+    k_map = lambda ki, bi, h: (bi, h, ki, 0)
     gblk = (None, g, tqp, d)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, geo=geo),
@@ -206,7 +213,8 @@ def backward(geo: Geometry, q, k, v, meta, do, lse, delta):
             pl.BlockSpec((None, None), lambda ki, bi, h: (bi, ki)),
             pl.BlockSpec((None, None), lambda ki, bi, h: (bi, ki)),
             pl.BlockSpec(gblk, grp_map),
-            pl.BlockSpec((None, None, bk, d), k_map), pl.BlockSpec((None, None, bk, d), k_map),
+            pl.BlockSpec((None, None, bk, d), k_map),
+            pl.BlockSpec((None, None, bk, d), k_map),
             pl.BlockSpec(gblk, grp_map),
             pl.BlockSpec((None, g, tqp), lambda ki, bi, h: (bi, h, 0)),
             pl.BlockSpec((None, g, tqp), lambda ki, bi, h: (bi, h, 0)),

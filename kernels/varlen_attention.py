@@ -11,10 +11,11 @@ windows over 4k patches that is 2-3 key blocks per query block instead of 16.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from r1ov_kernels import common
 from r1ov_kernels.common import Geometry
 from r1ov_kernels.flash_attention import _check_qkv, attention_core, plan
@@ -54,6 +55,29 @@ def _ranges(cu, seg, t_pad, b_own, b_other):
     return jnp.where(live, lo, 0).astype(jnp.int32)[None], jnp.where(live, hi, 0).astype(jnp.int32)[None]
 
 
+def _max_blocks_reached(b_own: int, b_other: int, max_len: int) -> int:
+    """Most ``b_other``-blocks that sequences of length <= max_len touching one ``b_own``-block can cover.
+
+    The block at offset s meets sequences inside [s - L + 1, s + b_own + L - 2]; offsets repeat mod lcm.
+    """
+    return max(
+        (s + b_own + max_len - 2) // b_other - (s - max_len + 1) // b_other + 1
+        for s in range(0, math.lcm(b_own, b_other), b_own)
+    )
+
+
+def varlen_plan(cu_seqlens, t: int, t_pad: int, bq: int, bk: int, max_seqlen: int | None):
+    """Segment ids ``[t]``, block ranges ``(lo, hi [1, nq], qlo, qhi [1, nk])`` and grid steps."""
+    nq, nk = t_pad // bq, t_pad // bk
+    kv_steps, q_steps = nk, nq
+    if max_seqlen is not None:
+        kv_steps = min(nk, _max_blocks_reached(bq, bk, max_seqlen))
+        q_steps = min(nq, _max_blocks_reached(bk, bq, max_seqlen))
+    cu = jnp.asarray(cu_seqlens, jnp.int32)
+    seg = segment_ids_from_cu_seqlens(cu, t)
+    return seg, (*_ranges(cu, seg, t_pad, bq, bk), *_ranges(cu, seg, t_pad, bk, bq)), (kv_steps, q_steps)
+
+
 def varlen_attention(
     q: jax.Array,
     k: jax.Array,
@@ -85,26 +109,23 @@ def varlen_attention(
     t, hq, d = q.shape
     backend = common.kernel_backend(backend)
     bq, bk, tp, _, dp = plan(t, t, d, backend=backend, block_q=block_q, block_k=block_k)
-    tp = common.round_up(tp, bk)  # one padded length for both sides (self-attention)
-    cu = jnp.asarray(cu_seqlens, jnp.int32)
-    nq, nk = tp // bq, tp // bk
-    kv_steps, q_steps = nk, nq
+    tp = common.round_up(t, math.lcm(bq, bk))  # one padded length for both sides (self-attention)
     if max_seqlen is not None:
         _check_max_seqlen(cu_seqlens, max_seqlen)
-        # A q block of bq tokens touches sequences spanning at most bq + 2 (L - 1) tokens, and a span of
-        # n tokens meets at most cdiv(n - 1, bk) + 1 blocks.
-        kv_steps = min(nk, common.cdiv(bq + 2 * max_seqlen - 3, bk) + 1)
-        q_steps = min(nq, common.cdiv(bk + 2 * max_seqlen - 3, bq) + 1)
-    seg = segment_ids_from_cu_seqlens(cu, t)
-    lo, hi = _ranges(cu, seg, tp, bq, bk)
-    qlo, qhi = _ranges(cu, seg, tp, bk, bq)
+    seg, (lo, hi, qlo, qhi), (kv_steps, q_steps) = varlen_plan(cu_seqlens, t, tp, bq, bk, max_seqlen)
     seg = common.pad_ids(seg[None], tp)
     geo = Geometry(
-        backend=backend, interpret=common.use_interpret(interpret), causal=False,
-        scale=float(d**-0.5 if scale is None else scale), block_q=bq, block_k=bk, groups=hq // k.shape[1],
-        kv_steps=kv_steps, q_steps=q_steps,
+        backend=backend,
+        interpret=common.use_interpret(interpret),
+        causal=False,
+        scale=float(d**-0.5 if scale is None else scale),
+        block_q=bq,
+        block_k=bk,
+        groups=hq // k.shape[1],
+        kv_steps=kv_steps,
+        q_steps=q_steps,
     )
-    heads = lambda x: common.to_heads(x[None], tp, dp)  # noqa: E731
+    heads = lambda x: common.to_heads(x[None], tp, dp)
     out = attention_core(geo, heads(q), heads(k), heads(v), (seg, seg, None, None, lo, hi, qlo, qhi))
     return common.from_heads(out, t, d)[0]
 
@@ -112,8 +133,10 @@ def varlen_attention(
 def _check_max_seqlen(cu_seqlens, max_seqlen: int):
     if max_seqlen < 1:
         raise ValueError(f"max_seqlen must be >= 1, got {max_seqlen}")
-    if isinstance(cu_seqlens, jax.core.Tracer):
+    try:
+        cu = np.asarray(cu_seqlens)
+    except jax.errors.TracerArrayConversionError:  # under jit: trust the caller
         return
-    longest = int(np.max(np.diff(np.asarray(cu_seqlens)), initial=0))
+    longest = int(np.max(np.diff(cu), initial=0))
     if longest > max_seqlen:
         raise ValueError(f"max_seqlen={max_seqlen} but cu_seqlens holds a sequence of length {longest}")
