@@ -184,6 +184,8 @@ def tokenize_conversation(
     """
     segments = list(_segments(messages, add_generation_prompt, default_system, add_vision_id=False))
     n_images = sum(text.count(IMAGE_PAD) for text, _ in segments)
+    if any(VIDEO_PAD in text for text, _ in segments):
+        raise ValueError("conversation has video items; only images are supported for tokenization")
     if image_grid_thw is None:
         if n_images:
             raise ValueError(f"conversation has {n_images} images but image_grid_thw is None")

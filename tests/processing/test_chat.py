@@ -22,7 +22,7 @@ CONVERSATIONS = {
         {"role": "user", "content": [_text("And 3+3?")]},
         {"role": "assistant", "content": [_text("<think>6</think>"), _text("<answer>6</answer>")]},
     ],
-    "image-forms-and-video": [
+    "image-forms": [
         {
             "role": "user",
             "content": [
@@ -31,12 +31,14 @@ CONVERSATIONS = {
                 _text(" with "),
                 {"image_url": {"url": "http://x/b.png"}},
                 {"image": "c.png"},
-                {"type": "video"},
                 {"type": "audio", "audio": "ignored.wav"},
                 _text("."),
             ],
         },
         {"role": "assistant", "content": "The first is brighter."},
+    ],
+    "videos": [
+        {"role": "user", "content": [{"type": "video"}, IMG, {"video": "clip.mp4"}, _text("What happens?")]},
     ],
     "system-list-content": [
         {"role": "system", "content": [_text("Be brief.")]},
@@ -142,7 +144,7 @@ def _assistant_char_spans(text):
     return spans
 
 
-TRAIN_CONVERSATIONS = list(CONVERSATIONS) + ["no-images"]
+TRAIN_CONVERSATIONS = [k for k in CONVERSATIONS if k != "videos"] + ["no-images"]
 CONVERSATIONS["no-images"] = [
     {"role": "user", "content": "Solve x+1=3."},
     {"role": "assistant", "content": "<think>x = 3 - 1 = 2</think><answer>2</answer>"},
@@ -237,3 +239,6 @@ def test_tokenize_errors(hf_tokenizer):
         tokenize_conversation(messages, hf_tokenizer, image_grid_thw=[[1, 2, 2], [1, 2, 2]])
     with pytest.raises(ValueError, match="not divisible"):
         tokenize_conversation(messages, hf_tokenizer, image_grid_thw=[[1, 3, 3]])
+    video = [{"role": "user", "content": [{"type": "video"}, _text("What happens?")]}]
+    with pytest.raises(ValueError, match="video items"):
+        tokenize_conversation(video, hf_tokenizer)
