@@ -334,8 +334,9 @@ def _tpu_dkv_kernel(qlo_ref, qhi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_r
     def _step():
         q, do = q_ref[...], do_ref[...]
         p, ds = _tpu_probs(geo, side, q, k_ref[...], v_ref[...], do, lse_ref[...], dl_ref[...])
-        dv_sc[...] += dot(p.astype(do.dtype), do, trans_a=True)
-        dk_sc[...] += dot(ds.astype(q.dtype), q, trans_a=True)
+        # Explicit 2-D transposes (XLU) then plain matmuls, the pattern Mosaic lowers everywhere.
+        dv_sc[...] += dot(p.T.astype(do.dtype), do)
+        dk_sc[...] += dot(ds.T.astype(q.dtype), q)
 
     @pl.when((gi == geo.groups - 1) & (j == geo.q_steps - 1))
     def _final():
