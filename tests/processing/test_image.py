@@ -250,3 +250,11 @@ def test_hf_config_round_trip():
     assert (hub.min_pixels, hub.max_pixels) == (1000, 20000)
     with pytest.raises(ValueError, match="do_normalize"):
         ImageProcessor.from_dict({"do_normalize": False})
+
+
+def test_size_helpers_match_output():
+    proc = ImageProcessor(max_pixels=28 * 28 * 30)
+    for h, w in [(100, 61), (500, 700), (30, 2800), (56, 84)]:
+        grid = proc(_image(h, w, 18))["image_grid_thw"][0]
+        assert proc.grid_thw(h, w) == tuple(grid)
+        assert proc.num_image_tokens(h, w) == grid.prod() // 4
