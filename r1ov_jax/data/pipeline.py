@@ -250,14 +250,23 @@ def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) ->
     if cfg.shuffle:
         ds = ds.shuffle(seed=int(cfg.seed))
     ds = ds.repeat(cfg.num_epochs)
-    return ds.to_iter_dataset(
+    ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.read_buffer_size))
     )
+    # With worker processes only big arrays (pixel_values) travel through shared memory; the small ones are
+    # cheaper to pickle than to give one shared-memory segment each.
+    return grain.experimental.WithOptionsIterDataset(ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
 
 
 def _with_workers(ds: grain.IterDataset, cfg) -> grain.IterDataset:
     if cfg.worker_count <= 0:
         return ds
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        # grain <= 0.2.18 reads an absl flag when starting workers and raises UnparsedFlagAccessError in programs
+        # that do not run under absl.app (google/grain#1355, fixed upstream by #1362). Use the flag defaults.
+        flags.FLAGS.mark_as_parsed()
     # Whole batches are built in the workers (packing included); Grain interleaves the workers' batches in a fixed
     # order and checkpoints each worker's state.
     return ds.mp_prefetch(
