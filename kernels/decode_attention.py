@@ -207,19 +207,6 @@ def _split_range(lo, hi, s, n):
     return start, jnp.minimum(start + per, hi)
 
 
-def _finish(acc, m, l):
-    ok = l > 0
-    return acc * jnp.where(ok, 1.0 / l, 0.0)[:, None], jnp.where(ok, m + jnp.log(l), MASK_VALUE)
-
-
-def _online_step(cfg, q, k, v, mask, acc, m, l):
-    s = jnp.where(mask, dot(q, k, trans_b=True) * cfg.scale, MASK_VALUE)
-    m_next = jnp.maximum(m, s.max(axis=-1))
-    p = jnp.where(mask, jnp.exp(s - m_next[:, None]), 0.0)  # rows masked so far: m == MASK, exp(0) != 0
-    alpha = jnp.exp(m - m_next)
-    return alpha[:, None] * acc + dot(p.astype(v.dtype), v), m_next, alpha * l + p.sum(axis=-1)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # TPU: grid (b, hkv, split, step); the running (acc, m, l) live in VMEM scratch across steps.
 
@@ -315,6 +302,19 @@ def _tpu_decode(cfg, qr, k, v, lo, hi, row_ids, hkv):
 
 # ----------------------------------------------------------------------------------------------------------
 # GPU (Triton): grid (b, hkv, split); each program loops over its share of the visible key blocks.
+
+
+def _finish(acc, m, l):
+    ok = l > 0
+    return acc * jnp.where(ok, 1.0 / l, 0.0)[:, None], jnp.where(ok, m + jnp.log(l), MASK_VALUE)
+
+
+def _online_step(cfg, q, k, v, mask, acc, m, l):
+    s = jnp.where(mask, dot(q, k, trans_b=True) * cfg.scale, MASK_VALUE)
+    m_next = jnp.maximum(m, s.max(axis=-1))
+    p = jnp.where(mask, jnp.exp(s - m_next[:, None]), 0.0)  # rows masked so far: m == MASK, exp(0) != 0
+    alpha = jnp.exp(m - m_next)
+    return alpha[:, None] * acc + dot(p.astype(v.dtype), v), m_next, alpha * l + p.sum(axis=-1)
 
 
 def _gpu_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, cfg):
