@@ -64,12 +64,15 @@ def main() -> None:
         return ours_1t(images)
 
     ref, out, out_1t = run_hf(), run_ours(), run_ours_1t()  # warm-up, and the outputs compared below
-    t_hf, t_ours, t_1t = [], [], []
+    runs = {"hf": run_hf, "ours": run_ours, "ours_1t": run_ours_1t}
+    wall = {k: [] for k in runs}
+    cpu = {k: [] for k in runs}  # process CPU seconds: less sensitive to other jobs than wall time
     for _ in range(args.repeats):
-        for fn, acc in ((run_hf, t_hf), (run_ours, t_ours), (run_ours_1t, t_1t)):
-            start = time.perf_counter()
+        for name, fn in runs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            acc.append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
 
     ref_pv = np.asarray(ref["pixel_values"])
     diff = max(float(np.abs(ref_pv - o["pixel_values"]).max()) for o in (out, out_1t))
@@ -78,20 +81,29 @@ def main() -> None:
     )
     n_patches = out["pixel_values"].shape[0]
     mp = sum(im.width * im.height for im in images) / 1e6
-    med_hf, med_ours, med_1t = (statistics.median(t) for t in (t_hf, t_ours, t_1t))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (default threads = min(8, CPUs))")
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (default threads = min(8, CPUs)), "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(
         f"{args.n} images, {mp:.1f} MP in, {n_patches} patches out, "
-        f"min/max_pixels {args.min_pixels}/{args.max_pixels}"
+        f"min/max_pixels {args.min_pixels}/{args.max_pixels}, {args.repeats} interleaved repeats"
     )
-    print(f"HF Qwen2VLImageProcessorPil: median {med_hf * 1e3:.1f} ms (min {min(t_hf) * 1e3:.1f})")
+    labels = {
+        "hf": "HF Qwen2VLImageProcessorPil         ",
+        "ours": "r1ov ImageProcessor, default threads",
+        "ours_1t": "r1ov ImageProcessor, 1 thread       ",
+    }
+    for k, label in labels.items():
+        print(
+            f"{label}: wall median {med[k] * 1e3:7.1f} ms (min {min(wall[k]) * 1e3:7.1f}), "
+            f"CPU median {med_cpu[k] * 1e3:7.1f} ms"
+        )
     print(
-        f"r1ov ImageProcessor, default threads: median {med_ours * 1e3:.1f} ms (min {min(t_ours) * 1e3:.1f})"
-    )
-    print(f"r1ov ImageProcessor, 1 thread:        median {med_1t * 1e3:.1f} ms (min {min(t_1t) * 1e3:.1f})")
-    print(
-        f"speed-up (median HF / median ours): {med_hf / med_ours:.2f}x default threads, "
-        f"{med_hf / med_1t:.2f}x 1 thread"
+        f"speed-up, wall median: {med['hf'] / med['ours']:.2f}x default threads, "
+        f"{med['hf'] / med['ours_1t']:.2f}x 1 thread; wall min: "
+        f"{min(wall['hf']) / min(wall['ours_1t']):.2f}x 1 thread; "
+        f"CPU time: {med_cpu['hf'] / med_cpu['ours_1t']:.2f}x 1 thread"
     )
     print(f"pixel_values max|diff| = {diff:.3g}; image_grid_thw equal: {grids_equal}")
 

@@ -220,8 +220,8 @@ class ImageProcessor:
             f"image {index}: expected a PIL image, a uint8 numpy array or encoded bytes, got {type(image)}"
         )
 
-    def _resize(self, rgb: Image.Image | np.ndarray, index: int) -> np.ndarray:
-        """Resized uint8 [H, W, 3] with H, W multiples of P*m."""
+    def _resize(self, rgb: Image.Image | np.ndarray, index: int) -> list[np.ndarray]:
+        """Resized image as 3 contiguous uint8 [H, W] channel planes, H and W multiples of P*m."""
         if isinstance(rgb, np.ndarray):
             height, width = rgb.shape[:2]
         else:
@@ -230,28 +230,29 @@ class ImageProcessor:
             new_h, new_w = self.target_size(height, width)
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from e
-        if (new_h, new_w) == (height, width):
-            return np.asarray(rgb)
-        pil = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
-        return np.asarray(pil.resize((new_w, new_h), resample=self.resample))
+        if (new_h, new_w) != (height, width):
+            pil = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
+            rgb = pil.resize((new_w, new_h), resample=self.resample)
+        if isinstance(rgb, np.ndarray):
+            return [np.ascontiguousarray(rgb[:, :, ch]) for ch in range(3)]
+        return [np.asarray(band) for band in rgb.split()]  # PIL's split is cheaper than numpy slicing
 
-    def _patchify_into(self, rgb: np.ndarray, out: np.ndarray) -> None:
-        """Writes normalized patches of one resized image into out: float32 [gh*gw, C*T*P*P].
+    def _patchify_into(self, planes: list[np.ndarray], out: np.ndarray) -> None:
+        """Writes normalized patches of one resized image (C uint8 planes) into out: float32 [gh*gw, C*T*P*P].
 
         Row order is merge-block-major (gh/m, gw/m, m, m) and columns are (C, T, P, P), as in transformers.
         """
         p, m, t, g = self.patch_size, self.merge_size, self.temporal_patch_size, self._group
-        h, w, c = rgb.shape
+        (h, w), c = planes[0].shape, len(planes)
         gh, gw = h // p, w // p
         n, k = gh * gw, p * p // g  # k = lookups per patch and channel
         dst = out.view(np.int64 if g == 2 else np.float32).reshape(n, c, t, k)
-        planes = []
-        for ch in range(c):
-            plane = np.ascontiguousarray(rgb[:, :, ch])  # [H, W] uint8
+        indices = []
+        for plane in planes:
             if g == 2:
                 plane = plane.view("<u2")  # [H, W/2]: pixel pairs along a patch row
             # Byte-sized transpose to patch order (far less traffic than moving float32): [n, P*P/g]
-            planes.append(
+            indices.append(
                 plane.reshape(gh // m, m, p, gw // m, m, p // g).transpose(0, 3, 1, 4, 2, 5).reshape(n, k)
             )
         # Chunks keep the lookup temporaries in cache; allocating full-image temporaries costs more than
@@ -260,11 +261,11 @@ class ImageProcessor:
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             for ch in range(c):
-                values = self._lut_group[ch].take(planes[ch][start:stop])
+                values = self._lut_group[ch].take(indices[ch][start:stop])
                 for slot in range(t):  # the same frame fills every temporal slot
                     dst[start:stop, ch, slot, :] = values
 
-    def _load(self, image: Any, index: int) -> np.ndarray:
+    def _load(self, image: Any, index: int) -> list[np.ndarray]:
         return self._resize(self._to_rgb(image, index), index)
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> dict[str, np.ndarray]:
@@ -296,7 +297,7 @@ class ImageProcessor:
             run = pool.map if pool is not None else map
             resized = list(run(self._load, items, range(len(items))))
             p = self.patch_size
-            grids = np.array([(1, r.shape[0] // p, r.shape[1] // p) for r in resized], dtype=np.int64)
+            grids = np.array([(1, r[0].shape[0] // p, r[0].shape[1] // p) for r in resized], dtype=np.int64)
             ends = np.cumsum(grids[:, 1] * grids[:, 2])
             dim = 3 * self.temporal_patch_size * p * p
             pixel_values = np.empty((int(ends[-1]), dim), dtype=np.float32)
