@@ -24,7 +24,7 @@ where:
   --time T               wall-clock limit, e.g. 24:00:00 (the job checkpoints and requeues itself before it)
   --job-name NAME        default r1ov-<subcommand>
   --venv DIR             virtualenv on the shared filesystem (default: <repo>/.venv)
-  --log-dir DIR          batch log + per-node logs (default: <repo>/logs/slurm)
+  --log-dir DIR          batch log + per-node logs (default: <repo>/runs/slurm)
   --port PORT            jax.distributed coordinator port (default: derived from the job id)
   --out-dir DIR          run directory for `sft`/`grpo` (passed as --out) on the shared filesystem
   --env KEY=VALUE        extra environment for the job (repeatable), e.g. NCCL_SOCKET_IFNAME=ib0
@@ -93,7 +93,7 @@ NDEV=$((NODES * GPUS))
 note "$NODES node(s) x $GPUS GPUs: $NDEV JAX devices, $NODES process(es)"
 check_mesh "$NDEV" "${R1OV_ARGS[@]}"
 [[ -n $JOB_NAME ]] || JOB_NAME="r1ov-${R1OV_ARGS[0]}"
-[[ -n $LOG_DIR ]] || LOG_DIR=$ROOT/logs/slurm
+[[ -n $LOG_DIR ]] || LOG_DIR=$ROOT/runs/slurm
 [[ -n $VENV ]] || VENV=$ROOT/.venv
 need_tool sbatch "run this on a SLURM login node"
 if [[ $DRY_RUN != 1 && ! -f $VENV/bin/activate ]]; then

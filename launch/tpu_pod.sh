@@ -37,7 +37,8 @@ where:
   --skip-install         do not (re)install the venv
   --out-dir DIR          run directory for `sft`/`grpo` (passed as --out) on storage all workers share
                          (Filestore/NFS or a gcsfuse-mounted bucket); required for multi-host checkpoints
-  --log-dir DIR          per-worker logs (default: OUT_DIR/logs with --out-dir, else r1ov-logs in home)
+  --log-dir DIR          per-worker logs; relative = in the home directory (default: OUT_DIR/logs with
+                         --out-dir, else r1ov-logs)
   --run-name NAME        names the log files (default r1ov-<subcommand>-<date>)
   --env KEY=VALUE        extra environment for the command (repeatable; after the defaults, so it wins)
   --worker W             run on one worker only, e.g. 0 for export-hf (default: all)
@@ -195,16 +196,20 @@ if ((HAVE_CMD)); then
   done
   cmd=$(join_cmd r1ov "${R1OV_ARGS[@]}")
   ld=$(shquote "$LOG_DIR")
+  # a relative log dir is relative to the home directory (the command itself runs in the code folder)
+  [[ $LOG_DIR == /* ]] || ld="\"\$HOME\"/$ld"
   log="$ld/$(shquote "$RUN_NAME")-\$(hostname).log"
   pre="cd $RD || { echo \"no code in $RD on \$(hostname): use --sync or --repo-url\" >&2; exit 1; }; . .venv/bin/activate && mkdir -p $ld && export$exports"
   if ((KILL_STALE)); then
     pre="sudo lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null | sort -u | xargs -r sudo kill -9; $pre"
   fi
   note "r1ov command: $cmd"
-  note "logs: $LOG_DIR/$RUN_NAME-<worker hostname>.log on each worker"
+  shown=$LOG_DIR
+  [[ $LOG_DIR == /* ]] || shown="\$HOME/$LOG_DIR"
+  note "logs: $shown/$RUN_NAME-<worker hostname>.log on each worker"
   if ((DETACH)); then
     on_workers "$WORKER" "$pre && { nohup $cmd > $log 2>&1 < /dev/null & echo \"started on \$(hostname): pid \$!\"; }"
-    note "detached: follow with: $(join_cmd gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_COMMON[@]}" --worker=0 --command "tail -f $LOG_DIR/$RUN_NAME-*.log")"
+    note "detached: follow with: $(join_cmd gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_COMMON[@]}" --worker=0 --command "tail -f $ld/$RUN_NAME-*.log")"
   else
     on_workers "$WORKER" "set -o pipefail; $pre && $cmd 2>&1 | tee $log"
   fi
