@@ -82,7 +82,8 @@ def vision_inputs(
     for c in chunks:
         pixels[offset : offset + len(c)] = c
         offset += len(c)
-    pixels[offset:] = 0
+    if alloc is None:  # `alloc` hands out zero-filled memory (fresh shared memory): don't fault its pages in
+        pixels[offset:] = 0
     # pad_vision pads patches and geometry together; the patches are already in place, so hand it a zero-width
     # view and keep only the geometry (saves two copies of a buffer that is tens of MB for real image sizes).
     _, vision = pad_vision(np.empty((n, 0), np.float32), geometry, max_patches, merge_size)
@@ -196,12 +197,19 @@ def assemble_prompt_batch(
 
 # --------------------------------------------------------------------------------------------- skip accounting
 class _SkipCounter:
+    """Per-reason counts; the first LOG_EACH rows of a reason are logged one by one, then every LOG_EVERY-th."""
+
+    LOG_EACH, LOG_EVERY = 20, 1000
+
     def __init__(self):
         self.counts: dict[str, int] = {}
 
     def add(self, reason: str, where: str, rid: str | None, error: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        log.warning("%s (record %r): skipped, %s: %s", where, rid, reason, error)
+        n = self.counts[reason] = self.counts.get(reason, 0) + 1
+        if n <= self.LOG_EACH or n % self.LOG_EVERY == 0:
+            log.warning(
+                "%s (record %r): skipped, %s: %s [%d %s so far]", where, rid, reason, error, n, reason
+            )
 
 
 def skipped_counts(state_or_iterator: Any) -> dict[str, int]:
