@@ -64,7 +64,8 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # convert() would copy an RGB image; the image is only read, so skip the copy.
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _array_to_rgb(array: np.ndarray, index: int) -> np.ndarray:
