@@ -20,6 +20,7 @@ from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.models.qwen2_5_vl.text import TextModel, init_cache
 from r1ov_jax.models.qwen2_5_vl.vision import VisionTower
 from r1ov_jax.processing.positions import get_rope_index, vision_geometry
+from r1ov_jax.sharding.rules import constrain
 
 
 class Qwen25VL(nnx.Module):
@@ -82,8 +83,10 @@ class Qwen25VL(nnx.Module):
 
     def logits(self, hidden):
         if self.cfg.tie_word_embeddings:
-            return self.language_model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+            out = self.language_model.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return constrain(out, ("batch", "length", "act_vocab") if out.ndim == 3 else ("batch", "act_vocab"))
 
     def forward(self, input_ids, segment_ids, positions, pixel_values=None, vision=None, *,
                 return_hidden: bool = False):

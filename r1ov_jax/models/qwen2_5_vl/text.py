@@ -15,6 +15,7 @@ from flax import nnx
 from r1ov_jax.layers.attention import attention
 from r1ov_jax.layers.basic import Dense, Embed, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from r1ov_jax.sharding.rules import constrain
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -125,6 +126,7 @@ class TextModel(nnx.Module):
             layer_cache = None if cache is None else (ck, cv, i, kv_segments, cache["index"])
             call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
             x, lc = call(layer, x, cos, sin, segments, layer_cache)
+            x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
             hidden.append(x)
             if lc is not None:
                 ck, cv = lc

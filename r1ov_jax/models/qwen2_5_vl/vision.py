@@ -19,6 +19,7 @@ from flax import nnx
 from r1ov_jax.layers.attention import attention
 from r1ov_jax.layers.basic import Dense, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from r1ov_jax.sharding.rules import constrain
 
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers, not read from the config
 
@@ -131,6 +132,7 @@ class VisionTower(nnx.Module):
             segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
             x = (nnx.remat(type(block).__call__) if self.cfg.remat else type(block).__call__)(
                 block, x, cos, sin, segments)
+            x = constrain(x, ("patches", "act_embed"))
             hidden.append(x)
         merged = self.merger(x)[geometry["reverse_index"]]
         return (merged, hidden) if return_hidden else merged

@@ -1,0 +1,158 @@
+"""Device mesh (data, fsdp, tensor) from config, sharded model creation and placement, multi-host set-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from r1ov_jax.sharding.rules import logical_to_spec, rules_for
+
+log = logging.getLogger(__name__)
+AXES = ("data", "fsdp", "tensor")
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int | None = None) -> tuple:
+    """Resolves one -1 ("fill") entry; the product must equal the device count."""
+    n = jax.device_count() if num_devices is None else num_devices
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if n % known:
+            raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes product {known}")
+        sizes[sizes.index(-1)] = n // known
+    if int(np.prod(sizes)) != n:
+        raise ValueError(f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {int(np.prod(sizes))} devices, "
+                         f"have {n}")
+    return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    try:
+        arr = jax.experimental.mesh_utils.create_device_mesh(shape, devices)  # ICI/NVLink-aware order
+    except Exception:  # noqa: BLE001 - CPU fake devices and odd topologies: plain order is fine
+        arr = np.asarray(devices).reshape(shape)
+    return Mesh(arr, AXES)
+
+
+def mesh_from_config(mc: ml_collections.ConfigDict | None) -> Mesh:
+    mc = mc or default_mesh_config()
+    return make_mesh(mc.data, mc.fsdp, mc.tensor)
+
+
+def param_shardings(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx.State:
+    """NamedSharding per parameter from its ``logical_axes`` metadata (a State mirroring ``nnx.Param``s)."""
+    rules = rules_for(model.cfg, mesh, rules)
+    state = nnx.state(model, nnx.Param)
+
+    def one(var):
+        axes = var.get_metadata().get("logical_axes")
+        if axes is None:
+            raise ValueError(f"parameter of shape {var.shape} has no logical_axes metadata")
+        return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, var.shape))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded(make_model, mesh: Mesh, rules: dict | None = None):
+    """Builds a model directly in sharded form: abstract init, then a jit whose outputs land on their devices,
+    so no host or device ever holds a full unsharded copy."""
+    abstract = nnx.eval_shape(make_model)
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    shardings = nnx.to_pure_dict(param_shardings(abstract, mesh, rules))
+
+    def init():
+        return nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+
+    nnx.replace_by_pure_dict(params, jax.jit(init, out_shardings=shardings)())
+    return nnx.merge(graphdef, params, rest)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx.Module:
+    """Moves an existing model's params onto the mesh (in place)."""
+    shardings = param_shardings(model, mesh, rules)
+    state = nnx.state(model, nnx.Param)
+    placed = jax.tree.map(lambda v, s: jax.device_put(v[...], s), state, shardings,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, placed)
+    return model
+
+
+def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> nnx.Optimizer:
+    """Each optimizer leaf (Adam moments, ...) takes the sharding of the parameter whose path it ends with;
+    scalars (counts, step) are replicated."""
+    by_path = {tuple(str(k) for k in path): v[...].sharding
+               for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding_for(path, value):
+        keys = tuple(str(k) for k in path)
+        for start in range(len(keys)):
+            s = by_path.get(keys[start:])
+            if s is not None and value.ndim:
+                return s
+        return replicated
+
+    flat = [(path, jax.device_put(v[...], sharding_for(path, v[...])))
+            for path, v in nnx.to_flat_state(nnx.state(optimizer))]
+    nnx.update(optimizer, nnx.from_flat_state(flat))
+    return optimizer
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+    spec = [None] * ndim
+    spec[batch_axis] = ("data", "fsdp")
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host-local batch → global arrays split over (data, fsdp) on the batch axis.
+
+    Each process passes its own slice (per-process data sharding); arrays whose batch axis the data axes do
+    not divide (vision patches concatenated over the batch, geometry) are replicated.
+    """
+    def put(path, x):
+        x = np.asarray(x)
+        name = jax.tree_util.keystr(path)
+        axis = 1 if name.endswith("['positions']") else 0
+        divisible = x.ndim > axis and (x.shape[axis] * jax.process_count()) % (
+            mesh.shape["data"] * mesh.shape["fsdp"]) == 0
+        if "vision" in name or "pixel_values" in name or not divisible:
+            return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec()), x)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, axis), x)
+
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def initialize_distributed() -> bool:
+    """``jax.distributed.initialize`` from the environment; returns True when running multi-process.
+
+    TPU pods and SLURM are auto-detected by JAX; elsewhere set ``R1OV_COORDINATOR_ADDRESS``,
+    ``R1OV_NUM_PROCESSES`` and ``R1OV_PROCESS_ID``. A single process needs nothing.
+    """
+    addr = os.environ.get("R1OV_COORDINATOR_ADDRESS")
+    if addr:
+        try:
+            n, pid = int(os.environ["R1OV_NUM_PROCESSES"]), int(os.environ["R1OV_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise ValueError("R1OV_COORDINATOR_ADDRESS is set: R1OV_NUM_PROCESSES and R1OV_PROCESS_ID must be "
+                             "integers too") from None
+        jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+        return True
+    if os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+        return True
+    return False

@@ -1,0 +1,152 @@
+"""Sharded == unsharded on 8 fake CPU devices; optimizer steps agree across meshes; checkpoints reshard;
+corrupted checkpoints fail loudly."""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
+from r1ov_jax.sharding import (activation_sharding, create_sharded, make_mesh, mesh_shape, rules_for, shard_batch,
+                               shard_model, shard_optimizer)
+from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError, train_state
+from r1ov_jax.train.optim import default_optim_config, make_nnx_optimizer
+from r1ov_jax.train.sft import train_step
+from tests.hf_reference import build_ids, hf_pixels, random_image
+
+MESHES = [(8, 1, 1), (2, 4, 1), (1, 2, 4), (2, 2, 2)]
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+
+
+def _inputs():
+    pv, thw = hf_pixels([random_image(56, 56, seed=i) for i in range(8)])
+    rows = [build_ids([1 + i, "img", 5, 6, 7], thw[i:i + 1]) for i in range(8)]
+    return np.array(rows), pv, thw
+
+
+def _model():
+    return Qwen25VL(tiny(), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_sharded_forward_equals_unsharded(shape):
+    ids, pv, thw = _inputs()
+    ref_model = _model()
+    base = np.asarray(ref_model(ids, None, pv, thw))
+    mesh = make_mesh(*shape)
+    model = create_sharded(_model, mesh)
+    k = model.language_model.layers[0].mlp.gate_proj.kernel[...]
+    assert len(k.sharding.device_set) == 8
+    inputs = shard_batch(model.prepare_inputs(ids, None, pv, thw), mesh)
+    with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+        out = nnx.jit(lambda m, x: m.forward(**x))(model, inputs)
+    assert np.abs(np.asarray(out) - base).max() <= 1e-5
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 200, size=(8, 16)).astype(np.int32)
+    return {"input_ids": ids, "segment_ids": np.ones_like(ids), "loss_mask": np.ones_like(ids, bool),
+            "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (3, 8, 16)).copy()}
+
+
+def _train(shape, steps=3):
+    mesh = make_mesh(*shape)
+    model = create_sharded(_model, mesh)
+    cfg = default_optim_config()
+    # eps 1e-3: Adam's first steps are ~lr*sign(g), so with eps=1e-8 a gradient entry of |g|~1e-9 turns
+    # summation-order rounding (~1e-8 absolute, see test_gradients_agree) into O(lr) differences.
+    cfg.lr, cfg.eps = 1e-2, 1e-3
+    opt = shard_optimizer(make_nnx_optimizer(model, cfg, 10), model, mesh)
+    with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+        for _ in range(steps):
+            train_step(model, opt, shard_batch(_batch(), mesh))
+    return model, opt, mesh
+
+
+def test_gradients_agree_across_meshes():
+    from r1ov_jax.train.sft import sft_loss
+
+    def grads(mesh):
+        model = create_sharded(_model, mesh)
+        with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+            g = nnx.jit(lambda m, b: nnx.grad(lambda m: sft_loss(m, b)[0])(m))(model, shard_batch(_batch(), mesh))
+        return [np.asarray(x) for x in jax.tree.leaves(g)]
+
+    for x, y in zip(grads(make_mesh(8, 1, 1)), grads(make_mesh(2, 2, 2))):
+        assert np.abs(x - y).max() <= 1e-6
+
+
+def test_optimizer_steps_agree_across_meshes():
+    a, _, _ = _train((8, 1, 1))
+    b, _, _ = _train((2, 2, 2))
+    pa = jax.tree.leaves(nnx.state(a, nnx.Param))
+    pb = jax.tree.leaves(nnx.state(b, nnx.Param))
+    assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(pa, pb)) <= 1e-5
+    moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+                for x, y in zip(pa, jax.tree.leaves(nnx.state(_model(), nnx.Param))))
+    assert moved > 1e-3  # the steps really changed the params
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    model, opt, _ = _train((2, 2, 2), steps=2)
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(2, train_state(model, opt, None), {"step": 2}, force=True)
+    ckpt.close()
+    target_mesh = make_mesh(8, 1, 1)
+    fresh = create_sharded(lambda: Qwen25VL(tiny(), rngs=nnx.Rngs(5)), target_mesh)
+    fresh_opt = shard_optimizer(make_nnx_optimizer(fresh, default_optim_config(), 10), fresh, target_mesh)
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    state, meta = ckpt.restore(None, train_state(fresh, fresh_opt, None))
+    ckpt.close()
+    nnx.update(fresh, state["params"])
+    for x, y in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(fresh, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    leaf = fresh.language_model.layers[0].mlp.gate_proj.kernel[...]
+    assert leaf.sharding.mesh.shape == target_mesh.shape and meta["step"] == 2
+
+
+def test_corrupted_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    model = _model()
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(1, train_state(model, None, None), {"step": 1}, force=True)
+    ckpt.close()
+    # a model of another size: shapes differ → error naming the mismatch
+    other = Qwen25VL(tiny(vocab_size=300), rngs=nnx.Rngs(0))
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    with pytest.raises(CheckpointError, match="does not match|cannot restore"):
+        ckpt.restore(1, train_state(other, None, None))
+    ckpt.close()
+    # damage the stored arrays: restoring must fail, never silently give wrong weights
+    for root, _, files in os.walk(tmp_path / "1"):
+        for f in files:
+            p = os.path.join(root, f)
+            if os.path.getsize(p) > 1000:
+                with open(p, "r+b") as fh:
+                    fh.truncate(os.path.getsize(p) // 3)
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    with pytest.raises(CheckpointError):
+        ckpt.restore(1, train_state(_model(), None, None))
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    with pytest.raises(CheckpointError, match="no step 7"):
+        ckpt.restore(7, train_state(_model(), None, None))
+    ckpt.close()
+
+
+def test_mesh_shape_resolution_and_errors():
+    assert mesh_shape(-1, 2, 2, num_devices=8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="at most one"):
+        mesh_shape(-1, -1, 1, num_devices=8)
+    with pytest.raises(ValueError, match="needs 12 devices"):
+        mesh_shape(3, 2, 2, num_devices=8)
+
+
+def test_shard_model_in_place():
+    mesh = make_mesh(2, 2, 2)
+    model = shard_model(_model(), mesh)
+    assert len(model.lm_head.kernel[...].sharding.device_set) == 8
+    assert isinstance(ml_collections.ConfigDict(), ml_collections.ConfigDict)
