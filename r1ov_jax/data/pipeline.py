@@ -177,7 +177,8 @@ class _Example:
         if rec.images:
             try:
                 out = self.image_processor(list(rec.images))
-            except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt data; the row is skipped, not the run
+            # PIL raises many exception types for corrupt data; the row is skipped, not the run.
+            except Exception as e:  # noqa: BLE001
                 return skip("bad_image", f"{type(e).__name__}: {e}", rec.id)
             grid, pixels = out["image_grid_thw"], out["pixel_values"]
         try:
@@ -255,7 +256,9 @@ def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) ->
     )
     # With worker processes only big arrays (pixel_values) travel through shared memory; the small ones are
     # cheaper to pickle than to give one shared-memory segment each.
-    return grain.experimental.WithOptionsIterDataset(ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
+    return grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20)
+    )
 
 
 def _with_workers(ds: grain.IterDataset, cfg) -> grain.IterDataset:
