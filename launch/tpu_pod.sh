@@ -189,7 +189,7 @@ fi
 
 # ---- 4. run ----
 if ((HAVE_CMD)); then
-  env_words=(JAX_PLATFORMS=tpu "${ENVS[@]}")
+  env_words=(JAX_PLATFORMS=tpu R1OV_DISTRIBUTED=1 "${ENVS[@]}")
   exports=""
   for kv in "${env_words[@]}"; do
     exports+=" $(shquote "$kv")"

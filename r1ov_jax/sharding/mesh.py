@@ -150,9 +150,14 @@ def initialize_distributed() -> bool:
         except (KeyError, ValueError):
             raise ValueError("R1OV_COORDINATOR_ADDRESS is set: R1OV_NUM_PROCESSES and R1OV_PROCESS_ID must be "
                              "integers too") from None
-        jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
         return True
-    if os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-        jax.distributed.initialize()
+    # SLURM with several tasks, GKE/xpk TPU slices, or launchers that ask for it (TPU VM pods: JAX reads the
+    # worker list from the metadata server, which no variable here reveals).
+    if (os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+            or os.environ.get("R1OV_DISTRIBUTED") == "1"):
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
         return True
     return False

@@ -137,7 +137,7 @@ def load_run(path: str, step: int | None = None, dtype=jnp.float32, attn_impl: s
     ckpt = Checkpointer(os.path.join(run, "checkpoints"), async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
-        state, _ = ckpt.restore(step, {"params": nnx.state(model, nnx.Param)})
+        state, _ = ckpt.restore(step, {"params": nnx.state(model, nnx.Param)}, partial=True)
     finally:
         ckpt.close()
     nnx.update(model, state["params"])

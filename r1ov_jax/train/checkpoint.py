@@ -72,11 +72,13 @@ class Checkpointer:
     def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
         """Saves when ``step`` is on the interval (or ``force``); meta must be JSON-serializable."""
         return self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
             force=force)
 
-    def restore(self, step: int | None, target: dict) -> tuple[dict, dict]:
+    def restore(self, step: int | None, target: dict, *, partial: bool = False) -> tuple[dict, dict]:
         """Restores onto ``target`` (a pytree of arrays or ShapeDtypeStructs with shardings).
+
+        ``partial``: ``target`` may be a subtree of what was saved (e.g. params only from a training state).
 
         Raises CheckpointError naming the problem for a missing, partial or mismatching checkpoint.
         """
@@ -88,8 +90,10 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
         try:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
             out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=partial),
+                meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types; name the folder and step in one clear error
             raise CheckpointError(f"cannot restore step {step} from {self.directory}: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}") from e

@@ -31,6 +31,7 @@ from r1ov_jax.rollout.sampler import SamplingConfig, generate
 from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
 from r1ov_jax.train.metrics import MetricsWriter
 from r1ov_jax.train.optim import make_nnx_optimizer
+from r1ov_jax.train.sft import _placement
 
 
 def default_grpo_config() -> ml_collections.ConfigDict:
@@ -115,7 +116,7 @@ def grpo_update(model, optimizer, prompt, completions, comp_mask, old_logp, ref_
 # --------------------------------------------------------------------------- training loop
 def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[[np.ndarray], str],
              cfg: ml_collections.ConfigDict, *, out_dir: str, eos_ids: tuple[int, ...], pad_id: int,
-             progress: bool = True) -> dict:
+             progress: bool = True, mesh=None) -> dict:
     """GRPO from the current params of ``model`` (the SFT policy); ``ref_model`` = a frozen copy of the SFT
     policy (``nnx.clone(model)`` before training).
 
@@ -126,6 +127,9 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
     g, tc = cfg.grpo, cfg.train
     group = g.num_generations
     optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps * g.num_iterations)
+    put, ctx = _placement(model, optimizer, mesh)
+    if mesh is not None:
+        _placement(ref_model, None, mesh)
     sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                               top_p=g.top_p, eos_ids=tuple(eos_ids), pad_id=pad_id)
     ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
@@ -147,10 +151,11 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
     try:
         while step < tc.steps:
             item = next(prompt_iter)
-            prompt = jax.tree.map(jnp.asarray, item["inputs"])
+            prompt = put(item["inputs"])
             rng, key = jax.random.split(rng)
             t0 = time.perf_counter()
-            samples = generate(model, prompt, key, sampling, num_samples=group)
+            with ctx():
+                samples = generate(model, prompt, key, sampling, num_samples=group)
             t1 = time.perf_counter()
             texts = [decode_fn(tok[:n]) for tok, n in zip(samples.tokens, samples.lengths)]
             golds = [item["answers"][i] for i in samples.prompt_index]
@@ -159,15 +164,18 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
             adv = group_advantages(jnp.asarray(rewards["total"]), group)
             comps = jnp.asarray(samples.tokens)
             comp_mask = jnp.asarray(np.arange(comps.shape[1])[None] < samples.lengths[:, None])
-            ref_logp = _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
+            with ctx():
+                ref_logp = _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
             t2 = time.perf_counter()
             old_logp = None
-            for it in range(g.num_iterations):
-                if it == 0 and g.num_iterations > 1:
-                    old_logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
-                aux = grpo_update(model, optimizer, prompt, comps, comp_mask,
-                                  old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
-                                  beta=float(g.beta), epsilon=float(g.epsilon), first_iteration=old_logp is None)
+            with ctx():
+                for it in range(g.num_iterations):
+                    if it == 0 and g.num_iterations > 1:  # μ > 1: ratios against the pre-update policy
+                        old_logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
+                    aux = grpo_update(model, optimizer, prompt, comps, comp_mask,
+                                      old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
+                                      beta=float(g.beta), epsilon=float(g.epsilon),
+                                      first_iteration=old_logp is None)
             t3 = time.perf_counter()
             step += 1
             last = {k: float(v) for k, v in aux.items()}

@@ -35,14 +35,21 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
         decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
 
 
+def updates(cfg: ml_collections.ConfigDict, steps: int) -> int:
+    """Optimizer updates in ``steps`` training steps (one per ``grad_accum`` micro-steps)."""
+    return max(steps // max(cfg.grad_accum, 1), 1)
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """AdamW chain; ``total_steps`` counts optimizer updates (after accumulation)."""
+    """AdamW chain; ``total_steps`` counts training (micro-)steps. With ``grad_accum = k`` the inner optimizer
+    updates every k steps, so its schedule spans ``total_steps // k`` updates."""
     unknown = set(cfg.freeze) - set(GROUPS)
     if unknown:
         raise ValueError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
-        optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+        optax.adamw(schedule(cfg, updates(cfg, total_steps)), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay),
     )
     if cfg.freeze:
         frozen = set(cfg.freeze)

@@ -53,6 +53,28 @@ def image_processor(cfg: ml_collections.ConfigDict) -> ImageProcessor:
     return ImageProcessor(min_pixels=p.min_pixels, max_pixels=p.max_pixels)
 
 
+def per_process(pipeline_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``pipeline.batch_size`` / ``prompt_batch_size`` are global; each process builds its share."""
+    n = jax.process_count()
+    cfg = pipeline_cfg.copy_and_resolve_references()
+    for key in ("batch_size", "prompt_batch_size"):
+        if cfg[key] % n:
+            raise ValueError(f"pipeline.{key}={cfg[key]} is not divisible by the {n} processes")
+        cfg[key] = cfg[key] // n
+    return cfg
+
+
+def make_mesh_if_needed(cfg: ml_collections.ConfigDict):
+    """The mesh of ``cfg.mesh``; None for a plain single-device run (mesh 1x1x1 or no mesh section)."""
+    from r1ov_jax.sharding import initialize_distributed, make_mesh
+
+    initialize_distributed()
+    mc = cfg.get("mesh")
+    if mc is None or (mc.data, mc.fsdp, mc.tensor) == (1, 1, 1):
+        return None
+    return make_mesh(mc.data, mc.fsdp, mc.tensor)
+
+
 def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
     """The flat view a trainer reads: ``optim``, ``train`` (+ ``grpo``) of one stage."""
     s = cfg[stage]
@@ -64,22 +86,26 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.C
 
 def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
     out_dir = out_dir or cfg.sft.train.out_dir
+    mesh = make_mesh_if_needed(cfg)
     tok = load_tokenizer(cfg)
     model = build_model(cfg.model, tok)
     write_model_files(out_dir, model, tok, image_processor(cfg))
-    train_ds = sft_dataset(data_paths(cfg.data.train), tok, cfg.pipeline, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+    train_ds = sft_dataset(data_paths(cfg.data.train), tok, per_process(cfg.pipeline),
+                           process_index=jax.process_index(), process_count=jax.process_count())
     eval_batches = None
     if cfg.data.get("eval"):
-        ev_cfg = cfg.pipeline.copy_and_resolve_references()
+        ev_cfg = per_process(cfg.pipeline)
         ev_cfg.shuffle, ev_cfg.num_epochs = False, 1
-        eval_batches = list(iter(sft_dataset(data_paths(cfg.data.eval), tok, ev_cfg)))[: cfg.sft.eval_batches]
+        it = iter(sft_dataset(data_paths(cfg.data.eval), tok, ev_cfg, process_index=jax.process_index(),
+                              process_count=jax.process_count()))
+        eval_batches = [b for _, b in zip(range(cfg.sft.eval_batches), it)]
     return sft_lib.run_sft(model, iter(train_ds), stage_config(cfg, "sft"), out_dir=out_dir,
-                           eval_batches=eval_batches, progress=progress)
+                           eval_batches=eval_batches, progress=progress, mesh=mesh)
 
 
 def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
     out_dir = out_dir or cfg.rl.train.out_dir
+    mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         model, tok, _ = load_run(cfg.rl.init_from, attn_impl=cfg.model.attn_impl)
         if tok is None:
@@ -89,14 +115,14 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
         model = build_model(cfg.model, tok)
     write_model_files(out_dir, model, tok, image_processor(cfg), side_files_from=getattr(model, "hf_source", None))
     ref = nnx.clone(model)  # frozen SFT policy for the KL term
-    prompts = grpo_dataset(data_paths(cfg.data.rl or cfg.data.train), tok, cfg.pipeline,
+    prompts = grpo_dataset(data_paths(cfg.data.rl or cfg.data.train), tok, per_process(cfg.pipeline),
                            process_index=jax.process_index(), process_count=jax.process_count())
 
     def decode(ids):
         return tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     return grpo_lib.run_grpo(model, ref, iter(prompts), decode, stage_config(cfg, "rl"), out_dir=out_dir,
-                             eos_ids=(tok.eos_id,), pad_id=tok.pad_id, progress=progress)
+                             eos_ids=(tok.eos_id,), pad_id=tok.pad_id, progress=progress, mesh=mesh)
 
 
 def run_stage(kind: str, cfg: ml_collections.ConfigDict) -> dict:
@@ -117,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.data = ml_collections.ConfigDict(dict(train="", eval="", rl=""))
     cfg.pipeline = default_pipeline_config()
     cfg.tokenizer = ml_collections.ConfigDict(dict(path=""))
+    from r1ov_jax.sharding import default_mesh_config
+
+    cfg.mesh = default_mesh_config()  # data=-1: pure data parallel over all devices by default
     cfg.model = default_model_config()
     cfg.sft = ml_collections.ConfigDict(dict(optim=default_optim_config(), train=sft_lib.default_train_config(),
                                              eval_batches=8))

@@ -62,16 +62,33 @@ def _to_device(batch: dict) -> dict:
     return jax.tree.map(jnp.asarray, batch)
 
 
+def _placement(model, optimizer, mesh):
+    """(batch placement fn, context factory) for single-device or mesh runs; shards model/optimizer in place."""
+    import contextlib
+
+    if mesh is None:
+        return _to_device, contextlib.nullcontext
+    from r1ov_jax.sharding import activation_sharding, rules_for, shard_batch, shard_model, shard_optimizer
+
+    shard_model(model, mesh)
+    if optimizer is not None:
+        shard_optimizer(optimizer, model, mesh)
+    rules = rules_for(model.cfg, mesh)
+    return (lambda b: shard_batch(b, mesh)), (lambda: activation_sharding(mesh, rules))
+
+
 def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *, out_dir: str,
-            eval_batches: list[dict] | None = None, progress: bool = True) -> dict:
+            eval_batches: list[dict] | None = None, progress: bool = True, mesh=None) -> dict:
     """Trains ``model`` in place for ``cfg.train.steps`` steps, resuming from ``out_dir/checkpoints``.
 
     ``train_iter`` may be a Grain iterator (its ``get_state``/``set_state`` make resume exact). Returns the
     final metrics dict. A SIGTERM/SIGINT saves a checkpoint at the current step and returns early with
-    ``{"preempted": True}``.
+    ``{"preempted": True}``. With ``mesh``, params, optimizer state and batches are sharded over it (each
+    process feeds its own slice of the global batch).
     """
     tc = cfg.train
     optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps)
+    put, ctx = _placement(model, optimizer, mesh)
     ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
     writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
     guard = PreemptionGuard()
@@ -91,9 +108,10 @@ def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *
     try:
         while step < tc.steps:
             t_data = time.perf_counter()
-            batch = _to_device(next(train_iter))
+            batch = put(next(train_iter))
             data_wait += time.perf_counter() - t_data
-            aux = train_step(model, optimizer, batch)
+            with ctx():
+                aux = train_step(model, optimizer, batch)
             step += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 last = {k: float(v) for k, v in aux.items()}
@@ -102,7 +120,8 @@ def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *
                 writer.write(step, {f"train/{k}": v for k, v in last.items()})
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
             if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
-                ev = [jax.device_get(eval_step(model, _to_device(b))) for b in eval_batches]
+                with ctx():
+                    ev = [jax.device_get(eval_step(model, put(b))) for b in eval_batches]
                 tokens = sum(float(e["tokens"]) for e in ev)
                 writer.write(step, {"eval/loss": sum(float(e["loss"]) * float(e["tokens"]) for e in ev) / tokens})
             bar.update(1)
@@ -121,9 +140,9 @@ def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *
 
 
 def optimizer_lr(cfg, step):
-    from r1ov_jax.train.optim import schedule
+    from r1ov_jax.train.optim import schedule, updates
 
-    return schedule(cfg.optim, cfg.train.steps)(step)
+    return schedule(cfg.optim, updates(cfg.optim, cfg.train.steps))(step // max(cfg.optim.grad_accum, 1))
 
 
 def _encode_state(it) -> object:
