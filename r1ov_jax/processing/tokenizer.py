@@ -232,6 +232,15 @@ class Tokenizer:
             config.setdefault("unk_token", self._sp.id_to_piece(self._sp.unk_id()))
         (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
+    # Picklable (data-loader workers receive it by pickle): store the serialized model, rebuild on load.
+    def __getstate__(self) -> dict[str, Any]:
+        hf_json = self._hf.to_str() if self._hf is not None else None
+        return {"config": self.config, "hf_json": hf_json, "sp_model_proto": self._sp_proto}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        hf = tokenizers.Tokenizer.from_str(state["hf_json"]) if state["hf_json"] is not None else None
+        self.__init__(hf=hf, sp_model_proto=state["sp_model_proto"], config=state["config"])
+
     def __repr__(self) -> str:
         return f"Tokenizer(backend={self.backend!r}, vocab_size={self.vocab_size}, eos={self.eos_token!r})"
 

@@ -1,6 +1,7 @@
 """ImageProcessor vs transformers' Qwen2VLImageProcessorPil (the reference it must reproduce)."""
 
 import io
+import pickle
 import random
 
 import numpy as np
@@ -250,6 +251,13 @@ def test_hf_config_round_trip():
     assert (hub.min_pixels, hub.max_pixels) == (1000, 20000)
     with pytest.raises(ValueError, match="do_normalize"):
         ImageProcessor.from_dict({"do_normalize": False})
+
+
+def test_pickle_round_trip():
+    proc = ImageProcessor(max_pixels=28 * 28 * 30, num_threads=1)
+    again = pickle.loads(pickle.dumps(proc))
+    img = _image(90, 70, 19)
+    np.testing.assert_array_equal(again(img)["pixel_values"], proc(img)["pixel_values"])
 
 
 def test_size_helpers_match_output():

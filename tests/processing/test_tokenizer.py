@@ -1,6 +1,7 @@
 """Tokenizer: both backends behave alike; saving reloads; sentencepiece training is deterministic."""
 
 import json
+import pickle
 
 import pytest
 import tokenizers
@@ -77,6 +78,13 @@ def test_save_reload(tok, tmp_path):
     assert (again.eos_id, again.pad_id) == (tok.eos_id, tok.pad_id)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|im_end|>" and config["pad_token"] == "<|endoftext|>"
+
+
+def test_pickle(tok):
+    again = pickle.loads(pickle.dumps(tok))
+    assert again.backend == tok.backend and again.eos_id == tok.eos_id
+    for text in TEXTS:
+        assert again.encode(text) == tok.encode(text)
 
 
 def test_transformers_loads_saved_folder(tok, tmp_path):
