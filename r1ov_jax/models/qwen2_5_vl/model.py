@@ -42,6 +42,8 @@ class Qwen25VL(nnx.Module):
             ids = ids[None]
         mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
         mask = mask.reshape(ids.shape)
+        if (ids == cfg.video_token_id).any():
+            raise ValueError(f"input_ids contain <|video_pad|> (id {cfg.video_token_id}): videos are not supported")
         n_pads = int((ids == cfg.image_token_id).sum())
         n_feats = 0
         if image_grid_thw is not None:
