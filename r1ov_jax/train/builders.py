@@ -88,16 +88,8 @@ def write_model_files(run_dir: str, model: Qwen25VL, tokenizer: Tokenizer | None
 
 
 def write_preprocessor_config(d: str, ip: ImageProcessor) -> None:
-    cfg = {
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
-        "min_pixels": ip.min_pixels, "max_pixels": ip.max_pixels, "patch_size": ip.patch_size,
-        "temporal_patch_size": ip.temporal_patch_size, "merge_size": ip.merge_size,
-        "image_mean": [float(x) for x in ip.image_mean], "image_std": [float(x) for x in ip.image_std],
-        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
-        "rescale_factor": 1 / 255, "size": {"shortest_edge": ip.min_pixels, "longest_edge": ip.max_pixels},
-    }
     with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+        json.dump(ip.to_dict(), f, indent=2)
 
 
 def image_processor_for(model_dir: str) -> ImageProcessor:
@@ -106,14 +98,10 @@ def image_processor_for(model_dir: str) -> ImageProcessor:
     if not os.path.exists(path):
         return ImageProcessor()
     with open(path) as f:
-        c = json.load(f)
-    size = c.get("size") or {}
-    kw = dict(min_pixels=c.get("min_pixels", size.get("shortest_edge", 3136)),
-              max_pixels=c.get("max_pixels", size.get("longest_edge", 12845056)))
-    for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
-        if k in c:
-            kw[k] = c[k]
-    return ImageProcessor(**kw)
+        try:
+            return ImageProcessor.from_dict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def resolve_run_dir(path: str) -> str:
