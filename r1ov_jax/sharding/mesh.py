@@ -81,11 +81,19 @@ def create_sharded(make_model, mesh: Mesh, rules: dict | None = None):
     return nnx.merge(graphdef, params, rest)
 
 
+def _put(value, sharding):
+    """device_put that also works across processes (every process holds the same full value)."""
+    if jax.process_count() > 1 and not sharding.is_fully_addressable:
+        host = np.asarray(jax.device_get(value))
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.device_put(value, sharding)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx.Module:
     """Moves an existing model's params onto the mesh (in place)."""
     shardings = param_shardings(model, mesh, rules)
     state = nnx.state(model, nnx.Param)
-    placed = jax.tree.map(lambda v, s: jax.device_put(v[...], s), state, shardings,
+    placed = jax.tree.map(lambda v, s: _put(v[...], s), state, shardings,
                           is_leaf=lambda x: isinstance(x, nnx.Variable))
     nnx.update(model, placed)
     return model
@@ -106,7 +114,7 @@ def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> 
                 return s
         return replicated
 
-    flat = [(path, jax.device_put(v[...], sharding_for(path, v[...])))
+    flat = [(path, _put(v[...], sharding_for(path, v[...])))
             for path, v in nnx.to_flat_state(nnx.state(optimizer))]
     nnx.update(optimizer, nnx.from_flat_state(flat))
     return optimizer

@@ -37,7 +37,13 @@ class PreemptionGuard:
         self.requested.set()
 
     def __bool__(self):
-        return self.requested.is_set()
+        """True when any process was signalled; all processes agree, so they save at the same step."""
+        flag = self.requested.is_set()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flag = bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
+        return flag
 
     def close(self):
         for s, h in self._old.items():
@@ -50,7 +56,7 @@ def train_state(model: nnx.Module, optimizer: nnx.Optimizer | None, rng: jax.Arr
     if optimizer is not None:
         tree["opt"] = nnx.state(optimizer)  # step + opt_state (the optimizer holds no model reference)
     if rng is not None:
-        tree["rng"] = jax.random.key_data(rng)
+        tree["rng"] = np.asarray(jax.random.key_data(rng))  # host value: identical on every process
     return tree
 
 
@@ -88,7 +94,8 @@ class Checkpointer:
         if step not in self.all_steps():
             raise CheckpointError(f"{self.directory}: no step {step} (have {self.all_steps()})")
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+            lambda x: x if isinstance(x, np.ndarray) else
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
             out = self.manager.restore(step, args=ocp.args.Composite(
