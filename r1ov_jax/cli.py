@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for ArrayRecord shards + report.json")
     p.add_argument("--num", type=int, required=True, help="number of items")
     p.add_argument("--types", nargs="*", default=None, help="generator names (default: all)")
+    p.add_argument("--levels", nargs="*", type=int, default=None,
+                   help="difficulty knobs 0-3 (Junior High School .. Social Test) to cycle; default: drawn per item")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
 
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_synth(args, overrides):
     from r1ov_jax.data.synth import synthesize
 
-    report = synthesize(args.out, args.num, types=args.types, workers=args.workers, seed=args.seed)
+    report = synthesize(args.out, args.num, types=args.types, levels=args.levels, workers=args.workers,
+                        seed=args.seed)
     print(json.dumps({k: report[k] for k in report if k in ("kept", "generated", "rejected", "seconds")}, indent=2))
 
 

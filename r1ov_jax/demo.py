@@ -22,15 +22,16 @@ def default_demo_config() -> ml_collections.ConfigDict:
 
     cfg = base_config()
     cfg.demo = ml_collections.ConfigDict(dict(
-        types=("scene",), train_items=1200, heldout_items=200, rl_items=400, workers=2, seed=0,
+        types=("scene",), levels=(0,), train_items=1200, heldout_items=200, rl_items=400, workers=2, seed=0,
         heldout_seed=10_000_000, rl_seed=20_000_000, vocab_size=800, eval_max_new_tokens=160,
         eval_batch_size=32,
     ))
     p = cfg.pipeline
     p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 24  # ~ 120x180 px: 24 merged image tokens
-    p.seq_len, p.batch_size, p.max_patches = 512, 8, 8 * 4 * 24 * 2
+    p.seq_len, p.batch_size, p.max_patches = 512, 4, 1024
     p.window_size = 56
     p.prompt_batch_size, p.worker_count = 4, 0
+    p.sft_suffix = True  # one prompt format for SFT, GRPO and evaluation
     cfg.model.preset = "tiny"
     cfg.model.text = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                                     num_attention_heads=4, num_key_value_heads=2,
@@ -40,11 +41,11 @@ def default_demo_config() -> ml_collections.ConfigDict:
                                                       fullatt_block_indexes=(1, 3)))
     s = cfg.sft
     s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
-    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 400, 10, 100, 100
+    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 300, 10, 100, 100
     r = cfg.rl
     r.optim.lr, r.optim.warmup_ratio = 2e-5, 0.0
     r.grpo.num_generations, r.grpo.max_new_tokens, r.grpo.beta = 8, 160, 0.04
-    r.train.steps, r.train.log_every, r.train.ckpt_every = 30, 1, 10
+    r.train.steps, r.train.log_every, r.train.ckpt_every = 20, 1, 10
     return cfg
 
 
@@ -122,7 +123,8 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     for key, num, seed in (("train", d.train_items, d.seed), ("heldout", d.heldout_items, d.heldout_seed),
                            ("rl", d.rl_items, d.rl_seed)):
         if not shard_paths(data[key]):
-            synthesize(data[key], num, types=list(d.types), workers=d.workers, seed=seed, progress=progress)
+            synthesize(data[key], num, types=list(d.types), levels=list(d.levels) or None, workers=d.workers,
+                       seed=seed, progress=progress)
     timings["synth_s"] = time.perf_counter() - t0
 
     tok_prefix = os.path.join(out, "tokenizer", "sp")

@@ -71,7 +71,7 @@ def default_pipeline_config() -> ml_collections.ConfigDict:
     resize bounds (448x448 = 200704 keeps one image at 1024 patches). pack: first-fit packing (False: one example per
     row). shuffle / seed / num_epochs (None = repeat forever). worker_count: Grain worker processes (0 = in this
     process, with read_threads threads); worker_buffer_size: batches each worker prepares ahead.
-    system_prompt / rl_suffix: chat text. prompt_batch_size / max_prompt_len (None = longest in the batch) /
+    system_prompt / rl_suffix: chat text (sft_suffix: append rl_suffix to SFT prompts too). prompt_batch_size / max_prompt_len (None = longest in the batch) /
     max_prompt_patches (None = unpadded images) shape GRPO prompt batches.
     """
     return ml_collections.ConfigDict(
@@ -95,6 +95,7 @@ def default_pipeline_config() -> ml_collections.ConfigDict:
             "read_buffer_size": 16,
             "system_prompt": DEFAULT_SYSTEM_PROMPT,
             "rl_suffix": RL_SUFFIX,
+            "sft_suffix": False,
             "prompt_batch_size": 8,
             "max_prompt_len": None,
             "max_prompt_patches": None,
@@ -156,7 +157,8 @@ class _Example:
         self.locate = locate
         self.image_processor = _image_processor(cfg)
         self.system = cfg.system_prompt
-        self.rl_suffix = cfg.rl_suffix if mode == "prompt" else None
+        # sft_suffix: SFT prompts end with the same instruction as GRPO/eval prompts (one prompt format end to end)
+        self.rl_suffix = cfg.rl_suffix if mode == "prompt" or cfg.get("sft_suffix", False) else None
         self.merge_size = int(cfg.merge_size)
         self.patch_dim = _patch_dim(cfg)
         self.image_token_id = tokenizer.image_pad_id

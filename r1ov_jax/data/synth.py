@@ -35,11 +35,16 @@ SHARD_PREFIX = "synth.array_record"
 WRITER_OPTIONS = "group_size:1"
 
 
-def make_item(i: int, types: Sequence[str], seed: int) -> tuple[int, str, bytes | None, str | None]:
-    """Item i: (i, type, serialized record or None, reject reason or None). Pure function of its arguments."""
+def make_item(i: int, types: Sequence[str], seed: int, levels: Sequence[int] | None = None
+              ) -> tuple[int, str, bytes | None, str | None]:
+    """Item i: (i, type, serialized record or None, reject reason or None). Pure function of its arguments.
+
+    ``levels`` (difficulty knobs 0..3) cycle per type round: item i uses ``levels[(i // len(types)) % len(levels)]``;
+    None lets each generator draw its level from the seed."""
     kind = types[i % len(types)]
+    level = levels[(i // len(types)) % len(levels)] if levels else None
     try:
-        rec = generate(kind, seed + i)
+        rec = generate(kind, seed + i, level=level)
     except Exception as e:  # a generator bug must not sink a long run: count it (report) and log it
         log.error("generator %s failed on seed %d: %r", kind, seed + i, e)
         return i, kind, None, f"generator_error:{type(e).__name__}"
@@ -81,6 +86,7 @@ def synthesize(
     out_dir: str,
     num: int,
     types: Sequence[str] | None = None,
+    levels: Sequence[int] | None = None,
     workers: int = 1,
     seed: int = 0,
     progress: bool = True,
@@ -92,6 +98,7 @@ def synthesize(
       out_dir: created if missing; existing shards with our prefix are replaced.
       num: items to generate (some may be dropped by the filter; the report says how many and why).
       types: generator names (see `r1ov_jax.data.formalize.GENERATORS`); item i uses types[i % len(types)].
+      levels: difficulty knobs (0 = Junior High School .. 3 = Social Test) to cycle through; None = drawn per item.
       workers: processes (1 = in this process).
       seed: item i uses seed + i.
       progress: show a tqdm bar.
@@ -116,7 +123,8 @@ def synthesize(
     rejected: dict[str, int] = {}
     shard_counts = [0] * n_shards
     start = time.perf_counter()
-    jobs = ((i, types, seed) for i in range(num))
+    levels = list(levels) if levels else None
+    jobs = ((i, types, seed, levels) for i in range(num))
     pool = None
     if workers > 1:
         # spawn, not fork: the caller (CLI, notebooks) may already hold JAX/XLA threads.
