@@ -46,7 +46,8 @@ def run_notebook(name: str, probe: str, tmp_path: Path, timeout: int = 300):
         f"_probe = {{'executable': _sys.executable}}\n{probe}\n"
         f"print({PROBE_MARK!r} + _json.dumps(_probe, default=str))"
     ))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYDEVD_DISABLE_FILE_VALIDATION="1")
+    # TMPDIR: the notebooks' tempfile.mkdtemp() scratch folders land under pytest's tmp_path (cleaned up by it).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYDEVD_DISABLE_FILE_VALIDATION="1", TMPDIR=str(tmp_path))
     env.pop("MPLBACKEND", None)
     client = nbclient.NotebookClient(
         nb, timeout=timeout, kernel_name="python3", kernel_manager_class=ThisPythonKernelManager,
@@ -108,7 +109,7 @@ _probe.update(
 """, tmp_path)
     repo_untouched_check(before)
     # Work went to a temp dir, not the repo.
-    assert not p["work"].startswith(str(NOTEBOOKS.parent))
+    assert p["work"].startswith(str(tmp_path))
     # HF folder: weights + config + tokenizer; exact round trip.
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(p["hf_files"])
     assert p["arch"] == ["Qwen2_5_VLForConditionalGeneration"]
@@ -186,7 +187,7 @@ _probe.update(work=work, run_dir_files=sorted(os.listdir(run_dir)), metrics=metr
               r_before=float(r_before), r_after=float(r_after), curves_png=png)
 """, tmp_path)
     repo_untouched_check(before)
-    assert not p["work"].startswith(str(NOTEBOOKS.parent))
+    assert p["work"].startswith(str(tmp_path))
     # Small example: rewards, group advantages (zero for the all-correct group), loss value and gradient.
     assert p["small_rewards"] == [2.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0]
     adv = p["small_adv"]
@@ -211,6 +212,6 @@ _probe.update(work=work, run_dir_files=sorted(os.listdir(run_dir)), metrics=metr
     assert all(1.0 <= r["grpo/completion_len"] <= 6.0 for r in m)
     assert p["r_after"] > p["r_before"]
     # Curves: the clipping plot, the 4-panel metrics plot and the plot_metrics PNG are shown inline.
-    assert p["curves_png"].endswith("grpo_curves.png") and not p["curves_png"].startswith(str(NOTEBOOKS.parent))
+    assert p["curves_png"].endswith("grpo_curves.png") and p["curves_png"].startswith(str(tmp_path))
     assert count_images(nb) >= 3
     assert "mean reward, first 5 steps:" in stream_text(nb)
