@@ -11,6 +11,8 @@ log-probs from the frozen SFT params; then μ updates of
     ρ_t = exp(logp_t − old_logp_t),  KL_t = exp(ref_t − logp_t) − (ref_t − logp_t) − 1   (k3 estimator)
 
 With μ = 1, old_logp = stop_gradient(logp), so ρ = 1 but its gradient is that of the policy gradient.
+``grpo.skip_zero_advantage`` (default on) skips the update of a batch whose advantages are all zero (every group
+tied): its gradient would be KL float noise only, which Adam would blow up to a full-size step.
 """
 
 from __future__ import annotations
@@ -28,16 +30,14 @@ from tqdm.auto import tqdm
 from r1ov_jax.models.qwen2_5_vl.model import decode_positions, next_positions
 from r1ov_jax.rewards import compute_rewards
 from r1ov_jax.rollout.sampler import SamplingConfig, generate
-from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
-from r1ov_jax.train.metrics import MetricsWriter
+from r1ov_jax.train.loop import TrainingRun, placement
 from r1ov_jax.train.optim import make_nnx_optimizer
-from r1ov_jax.train.sft import _placement
 
 
 def default_grpo_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         num_generations=8, beta=0.04, epsilon=0.2, num_iterations=1, max_new_tokens=256, temperature=1.0,
-        top_p=1.0, top_k=0, reward_weights={"format": 1.0, "accuracy": 1.0},
+        top_p=1.0, top_k=0, reward_weights={"format": 1.0, "accuracy": 1.0}, skip_zero_advantage=True,
     ))
 
 
@@ -127,25 +127,13 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
     g, tc = cfg.grpo, cfg.train
     group = g.num_generations
     optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps * g.num_iterations)
-    put, ctx = _placement(model, optimizer, mesh)
+    run = TrainingRun(out_dir, tc, model, optimizer, prompt_iter, mesh=mesh)
+    put, ctx = run.put, run.ctx
     if mesh is not None:
-        _placement(ref_model, None, mesh)
+        placement(ref_model, None, mesh)
     sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                               top_p=g.top_p, eos_ids=tuple(eos_ids), pad_id=pad_id)
-    ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
-    writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
-    guard = PreemptionGuard()
-    rng = jax.random.key(tc.seed)
-    step = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(None, train_state(model, optimizer, rng))
-        nnx.update(model, state["params"])
-        nnx.update(optimizer, state["opt"])
-        rng = jax.random.wrap_key_data(state["rng"])
-        step = int(meta["step"])
-        if meta.get("data_state") is not None and hasattr(prompt_iter, "set_state"):
-            prompt_iter.set_state(meta["data_state"])
-        writer.truncate_after(step)
+    step, rng = run.start(jax.random.key(tc.seed))
     bar = tqdm(total=tc.steps, initial=step, desc="grpo", disable=not progress, dynamic_ncols=True)
     last = {}
     try:
@@ -168,8 +156,11 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                 ref_logp = _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
             t2 = time.perf_counter()
             old_logp = None
+            # A batch where every group's rewards tie has zero advantages: its only gradient would be the KL
+            # term, which at policy == reference is float noise (~1e-6) that Adam would scale to a full step.
+            skip = g.skip_zero_advantage and not bool(jnp.any(adv != 0))
             with ctx():
-                for it in range(g.num_iterations):
+                for it in range(0 if skip else g.num_iterations):
                     if it == 0 and g.num_iterations > 1:  # μ > 1: ratios against the pre-update policy
                         old_logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
                     aux = grpo_update(model, optimizer, prompt, comps, comp_mask,
@@ -178,26 +169,27 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                                       first_iteration=old_logp is None)
             t3 = time.perf_counter()
             step += 1
+            if skip:  # still report where the policy stands
+                with ctx():
+                    logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
+                m = comp_mask.astype(jnp.float32)
+                d = ref_logp - logp
+                kl = float(((jnp.exp(d) - d - 1) * m).sum() / jnp.maximum(m.sum(), 1.0))
+                aux = {"loss": 0.0, "kl": kl, "clip_frac": 0.0}
             last = {k: float(v) for k, v in aux.items()}
+            last["skipped_update"] = float(skip)
             last.update(reward=float(rewards["total"].mean()), reward_std=float(rewards["total"].std()),
                         format_rate=float(rewards.get("format", np.zeros(1)).mean()),
                         accuracy=float(rewards.get("accuracy", np.zeros(1)).mean()),
                         completion_len=float(samples.lengths.mean()),
                         rollout_s=t1 - t0, ref_s=t2 - t1, update_s=t3 - t2)
             if step % tc.log_every == 0 or step == tc.steps:
-                writer.write(step, {f"grpo/{k}": v for k, v in last.items()})
+                run.log(step, {f"grpo/{k}": v for k, v in last.items()})
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}")
             bar.update(1)
-            meta = {"step": step, "data_state": prompt_iter.get_state() if hasattr(prompt_iter, "get_state")
-                    else None}
-            if guard:
-                ckpt.save(step, train_state(model, optimizer, rng), meta, force=True)
-                ckpt.wait()
+            if run.end_step(step, rng):
                 return {"preempted": True, "step": step, **last}
-            ckpt.save(step, train_state(model, optimizer, rng), meta, force=step == tc.steps)
     finally:
         bar.close()
-        ckpt.close()
-        writer.close()
-        guard.close()
+        run.close()
     return {"step": step, **last}

@@ -55,16 +55,17 @@ def read_jsonl(path: str) -> list[dict]:
 
 def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str = "") -> str | None:
     """One subplot per key present in the log; returns the PNG path (None when nothing to plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure on the Agg canvas: never touches pyplot's global backend (notebooks keep inline plots).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = read_jsonl(jsonl_path) if os.path.exists(jsonl_path) else []
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(keys), 3.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, k in zip(axes[0], keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
@@ -75,5 +76,4 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str = ""
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png

@@ -20,8 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
-from r1ov_jax.train.metrics import MetricsWriter
+from r1ov_jax.train.loop import TrainingRun
 from r1ov_jax.train.optim import make_nnx_optimizer
 
 MODEL_KEYS = ("input_ids", "segment_ids", "positions", "pixel_values", "vision")
@@ -58,25 +57,6 @@ def eval_step(model, batch):
     return sft_loss(model, batch)[1]
 
 
-def _to_device(batch: dict) -> dict:
-    return jax.tree.map(jnp.asarray, batch)
-
-
-def _placement(model, optimizer, mesh):
-    """(batch placement fn, context factory) for single-device or mesh runs; shards model/optimizer in place."""
-    import contextlib
-
-    if mesh is None:
-        return _to_device, contextlib.nullcontext
-    from r1ov_jax.sharding import activation_sharding, rules_for, shard_batch, shard_model, shard_optimizer
-
-    shard_model(model, mesh)
-    if optimizer is not None:
-        shard_optimizer(optimizer, model, mesh)
-    rules = rules_for(model.cfg, mesh)
-    return (lambda b: shard_batch(b, mesh)), (lambda: activation_sharding(mesh, rules))
-
-
 def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *, out_dir: str,
             eval_batches: list[dict] | None = None, progress: bool = True, mesh=None) -> dict:
     """Trains ``model`` in place for ``cfg.train.steps`` steps, resuming from ``out_dir/checkpoints``.
@@ -88,54 +68,35 @@ def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *
     """
     tc = cfg.train
     optimizer = make_nnx_optimizer(model, cfg.optim, tc.steps)
-    put, ctx = _placement(model, optimizer, mesh)
-    ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
-    writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
-    guard = PreemptionGuard()
-    rng = jax.random.key(tc.seed)
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(None, train_state(model, optimizer, rng))
-        nnx.update(model, state["params"])
-        nnx.update(optimizer, state["opt"])
-        start = int(meta["step"])
-        if meta.get("data_state") is not None and hasattr(train_iter, "set_state"):
-            train_iter.set_state(_decode_state(meta["data_state"]))
-        writer.truncate_after(start)
-    bar = tqdm(total=tc.steps, initial=start, desc="sft", disable=not progress, dynamic_ncols=True)
+    run = TrainingRun(out_dir, tc, model, optimizer, train_iter, mesh=mesh)
+    step, rng = run.start(jax.random.key(tc.seed))
+    bar = tqdm(total=tc.steps, initial=step, desc="sft", disable=not progress, dynamic_ncols=True)
     last, data_wait, t0 = {}, 0.0, time.perf_counter()
-    step = start
     try:
         while step < tc.steps:
             t_data = time.perf_counter()
-            batch = put(next(train_iter))
+            batch = run.put(next(train_iter))
             data_wait += time.perf_counter() - t_data
-            with ctx():
+            with run.ctx():
                 aux = train_step(model, optimizer, batch)
             step += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 last = {k: float(v) for k, v in aux.items()}
                 last["lr"] = float(optimizer_lr(cfg, step))
                 last["data_wait_frac"] = data_wait / max(time.perf_counter() - t0, 1e-9)
-                writer.write(step, {f"train/{k}": v for k, v in last.items()})
+                run.log(step, {f"train/{k}": v for k, v in last.items()})
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
             if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
-                with ctx():
-                    ev = [jax.device_get(eval_step(model, put(b))) for b in eval_batches]
+                with run.ctx():
+                    ev = [jax.device_get(eval_step(model, run.put(b))) for b in eval_batches]
                 tokens = sum(float(e["tokens"]) for e in ev)
-                writer.write(step, {"eval/loss": sum(float(e["loss"]) * float(e["tokens"]) for e in ev) / tokens})
+                run.log(step, {"eval/loss": sum(float(e["loss"]) * float(e["tokens"]) for e in ev) / tokens})
             bar.update(1)
-            meta = {"step": step, "data_state": _encode_state(train_iter)}
-            if guard:
-                ckpt.save(step, train_state(model, optimizer, rng), meta, force=True)
-                ckpt.wait()
+            if run.end_step(step, rng):
                 return {"preempted": True, "step": step, **last}
-            ckpt.save(step, train_state(model, optimizer, rng), meta, force=step == tc.steps)
     finally:
         bar.close()
-        ckpt.close()
-        writer.close()
-        guard.close()
+        run.close()
     return {"step": step, **last}
 
 
@@ -143,21 +104,6 @@ def optimizer_lr(cfg, step):
     from r1ov_jax.train.optim import schedule, updates
 
     return schedule(cfg.optim, updates(cfg.optim, cfg.train.steps))(step // max(cfg.optim.grad_accum, 1))
-
-
-def _encode_state(it) -> object:
-    if not hasattr(it, "get_state"):
-        return None
-    state = it.get_state()
-    if isinstance(state, bytes):
-        return {"bytes": state.decode("latin-1")}
-    return state
-
-
-def _decode_state(state):
-    if isinstance(state, dict) and set(state) == {"bytes"}:
-        return state["bytes"].encode("latin-1")
-    return state
 
 
 def batch_stats(batch: dict) -> dict:

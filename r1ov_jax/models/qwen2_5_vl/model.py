@@ -10,7 +10,6 @@ text decoder → logits. Entry points:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
