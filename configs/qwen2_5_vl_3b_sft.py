@@ -1,32 +1,11 @@
-"""3B variant of the paper SFT recipe (R1-Onevision trained the 7B): Qwen2.5-VL-3B-Instruct, full fine-tune, lr 1e-5 cosine, warmup 0.05,
-global batch 128, cutoff 8192 tokens, bf16, images up to ~768x768.
+"""Paper SFT recipe on Qwen2.5-VL-3B-Instruct (hyperparameters: r1ov_jax/train/paper.py).
 
     r1ov sft --config configs/qwen2_5_vl_3b_sft.py --config.model.hf_path=/ckpt/Qwen2.5-VL-3B-Instruct \
-        --config.data.train=/data/r1ov_sft --config.sft.train.steps=1210
-(steps = dataset examples / 128 for one epoch; ~155k samples → ~1210.)
+        --config.data.train=/data/r1ov_sft --config.mesh.fsdp=8
 """
 
-from r1ov_jax.train.recipes import base_config
+from r1ov_jax.train.paper import sft_config
 
 
 def get_config():
-    cfg = base_config()
-    cfg.model.preset = "qwen2_5_vl_3b"
-    cfg.model.hf_path = ""  # required: local HF folder of Qwen2.5-VL-3B-Instruct
-    cfg.model.dtype = "bfloat16"
-    cfg.model.param_dtype = "float32"
-    cfg.model.attn_impl = "auto"
-    cfg.model.remat = True
-    cfg.pipeline.seq_len = 8192
-    cfg.pipeline.batch_size = 128  # global batch; split over the mesh's data axes
-    cfg.pipeline.max_pixels = 768 * 768
-    cfg.pipeline.max_patches = 128 * 3072
-    cfg.sft.optim.lr = 1e-5
-    cfg.sft.optim.warmup_ratio = 0.05
-    cfg.sft.optim.weight_decay = 0.0
-    cfg.sft.optim.clip_norm = 1.0
-    cfg.sft.train.steps = 1210
-    cfg.sft.train.log_every = 10
-    cfg.sft.train.ckpt_every = 200
-    cfg.sft.train.out_dir = "runs/qwen2_5_vl_3b_sft"
-    return cfg
+    return sft_config("3b")

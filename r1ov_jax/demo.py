@@ -26,6 +26,7 @@ def default_demo_config() -> ml_collections.ConfigDict:
         heldout_seed=10_000_000, rl_seed=20_000_000, vocab_size=800, eval_max_new_tokens=160,
         eval_batch_size=32,
     ))
+    cfg.mesh.data = 1  # one device: the tiny model gains nothing from sharding
     p = cfg.pipeline
     p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 24  # ~ 120x180 px: 24 merged image tokens
     p.seq_len, p.batch_size, p.max_patches = 512, 4, 1024
