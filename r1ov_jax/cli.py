@@ -212,7 +212,7 @@ def cmd_eval(args, overrides):
         return 0
     if not args.model or not args.data:
         raise ValueError("r1ov eval needs --model and --data (or --compare A B)")
-    from r1ov_jax.rollout.chat import evaluate_model
+    from r1ov_jax.eval.model_eval import evaluate_model
 
     model, tok, ip = load_any(args.model)
     summary = evaluate_model(model, tok, ip, args.data, args.out, limit=args.limit, batch_size=args.batch_size,

@@ -105,7 +105,7 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
     w = cfg.rl.grpo.reward_weights
     return {"accuracy": acc, "format_rate": fmt, "reward": w.get("format", 0) * fmt + w.get("accuracy", 0) * acc,
             "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
-            "n": len(recs), "ci95": summary.get("overall", {}).get("ci")}
+            "n": len(recs), "ci95": summary["overall"].get("ci95")}
 
 
 def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:

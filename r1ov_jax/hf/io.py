@@ -26,8 +26,8 @@ from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_hf, to_ours
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 
 # Files copied verbatim from the source folder on export when present.
-SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
               "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
 
 
