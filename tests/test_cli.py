@@ -100,3 +100,17 @@ def test_mini_demo_end_to_end(tmp_path):
     with torch.no_grad():
         ref_logits = ref(input_ids=torch.as_tensor(ids)).logits.numpy()
     assert np.abs(np.asarray(ours(ids)) - ref_logits).max() < 1e-4
+
+
+def test_eval_and_compare(tiny_hf_dir, tmp_path, capsys):
+    from r1ov_jax.data.synth import synthesize
+
+    synthesize(str(tmp_path / "data"), 4, types=["scene", "chart"], progress=False)
+    for name in ("a", "b"):
+        assert main(["eval", "--model", str(tiny_hf_dir / "hf"), "--data", str(tmp_path / "data"), "--out",
+                     str(tmp_path / name), "--max-new-tokens", "4", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Grade \\ Category" in out and (tmp_path / "a" / "scores.json").exists()
+    assert main(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "McNemar" in capsys.readouterr().out
+    assert main(["eval", "--model", str(tiny_hf_dir / "hf")]) == 2  # --data missing: one-line error
