@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
-from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_hf, to_ours
+from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_ours
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 
 # Files copied verbatim from the source folder on export when present.
@@ -64,13 +63,15 @@ def flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 
 def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl: str = "xla",
-                    remat: bool = False, sharding_fn: Callable[[str, tuple], object] | None = None) -> Qwen25VL:
+                    remat: bool = False, mesh=None,
+                    sharding_fn: Callable[[str, tuple], object] | None = None) -> Qwen25VL:
     """Flax NNX Qwen2.5-VL from a local HF folder.
 
     Args:
       path: folder with ``config.json`` and safetensors weights (transformers 4.x or 5.x layouts).
       dtype: compute dtype; also the parameter dtype unless ``param_dtype`` is given.
-      sharding_fn: optional ``(our_path, shape) -> jax.sharding.Sharding`` placing each tensor as it streams.
+      mesh: place each tensor's slices on this mesh as it streams (logical axes + ``sharding.rules``).
+      sharding_fn: alternatively, any ``(our_path, shape) -> jax.sharding.Sharding``.
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path} does not exist")
@@ -78,10 +79,21 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl
     cfg = Qwen25VLConfig.from_json(path, dtype=dtype, attn_impl=attn_impl, remat=remat)
     model = abstract_model(cfg)
     targets = flat_params(model)
+    if mesh is not None and sharding_fn is None:
+        from jax.sharding import NamedSharding
+
+        from r1ov_jax.sharding.rules import logical_to_spec, rules_for
+
+        rules = rules_for(cfg, mesh)
+
+        def sharding_fn(p, shape):
+            return NamedSharding(mesh, logical_to_spec(targets[p].get_metadata()["logical_axes"], rules, mesh, shape))
     loaded: dict[str, jax.Array] = {}
     errors, unexpected = [], []
     for file in weight_files(path):
-        with safe_open(file, framework="flax") as f:
+        # NumPy (bf16 via ml_dtypes): each device shard is cut straight from the host tensor, so no full-size
+        # device copy exists next to it, and the host tensor is dropped before the next one is read.
+        with safe_open(file, framework="numpy") as f:
             for name in f.keys():
                 mapped = hf_to_ours(name)
                 if mapped is None:
@@ -98,7 +110,8 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl
                 except ValueError as e:
                     errors.append(f"{os.path.basename(file)}:{name}: {e}")
                     continue
-                loaded[ours] = jax.device_put(value, sharding_fn(ours, value.shape)) if sharding_fn else value
+                loaded[ours] = _place(value, sharding_fn(ours, value.shape) if sharding_fn else None)
+                del value
     missing = sorted(set(targets) - set(loaded))
     if missing or unexpected or errors:
         lines = [f"cannot load {path} into Qwen2.5-VL:"]
@@ -110,6 +123,64 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl
         var.value = loaded[key]
     model.hf_source = os.path.abspath(path)
     return model
+
+
+def _place(host: np.ndarray, sharding) -> jax.Array:
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: np.ascontiguousarray(host[idx]))
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+    """Host copy of one (possibly sharded) array, assembled shard by shard.
+
+    Unlike ``np.asarray(x)`` this leaves no cached host copy on the array, so exporting never accumulates a
+    second copy of the model in host memory.
+    """
+    out = np.empty(x.shape, x.dtype)
+    for shard in x.addressable_shards:
+        out[shard.index] = np.asarray(shard.data)
+    return out
+
+
+def _gather_hf(x: jax.Array, kind: str, conv_shape) -> np.ndarray:
+    """Host copy in HF layout, written straight into the transposed buffer (one tensor-sized allocation)."""
+    if kind == "copy":
+        return _gather(x)
+    out = np.empty(x.shape[::-1], x.dtype)
+    for shard in x.addressable_shards:
+        out[shard.index[::-1]] = np.asarray(shard.data).T
+    return out.reshape(conv_shape) if kind == "conv" else out
+
+
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(jnp.bfloat16): "BF16", np.dtype(np.float16): "F16",
+              np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+
+
+def write_safetensors(path: str, entries, metadata: dict | None = None) -> int:
+    """Streams tensors into one safetensors file: ``entries`` = [(name, dtype, shape, fetch)] where ``fetch()``
+    returns the array; only one tensor is in memory at a time (``safetensors.save_file`` needs them all).
+    Returns the data bytes written. The file layout is the safetensors spec (8-byte header length, JSON header
+    padded to 8 bytes, then the tensors back to back); tests read it back with ``safe_open`` and transformers."""
+    header, offset = {}, 0
+    for name, dtype, shape, _ in entries:
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, dtype, shape, fetch in entries:
+            value = np.ascontiguousarray(fetch())
+            if value.dtype != dtype or tuple(value.shape) != tuple(shape):
+                raise ValueError(f"{name}: got {value.dtype}{value.shape}, planned {dtype}{tuple(shape)}")
+            f.write(value.reshape(-1).view(np.uint8).data)  # no bytes copy of the tensor
+            del value
+    return offset
 
 
 def parse_size(size: int | str) -> int:
@@ -157,15 +228,15 @@ def save_pretrained(model: Qwen25VL, out_dir: str, max_shard_size: int | str = "
                       cfg.vision.patch_size, cfg.vision.patch_size)
         for k, paths in enumerate(plan):
             fname = "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
-            tensors = {}
+            entries = []
             for path in paths:
                 name, kind = ours_to_hf(path)
-                value = np.asarray(jax.device_get(params[path][...]))
-                tensors[name] = to_hf(value, kind, conv_shape)
+                var = params[path]
+                shape = conv_shape if kind == "conv" else tuple(var.shape)[::-1] if kind == "linear" else var.shape
+                entries.append((name, np.dtype(var.dtype), tuple(shape),
+                                lambda v=var, k=kind: _gather_hf(v[...], k, conv_shape)))
                 weight_map[name] = fname
-                total += tensors[name].nbytes
-            save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
-            del tensors
+            total += write_safetensors(os.path.join(tmp, fname), entries, metadata={"format": "pt"})
         if len(plan) > 1:
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f,

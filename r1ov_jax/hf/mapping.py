@@ -3,7 +3,8 @@
 HF names are the on-disk ("legacy hub") layout that transformers 5.x still writes: ``visual.*``, ``model.*``,
 ``lm_head.weight``. The 5.x runtime layout (``model.visual.*``, ``model.language_model.*``) and the 4.x
 layouts are normalized to it on import. Transforms: torch ``Linear`` (out, in) ⇄ our kernel (in, out);
-``Conv3d`` (D, C, T, P, P) ⇄ patch-embedding kernel (C*T*P*P, D); everything else is copied.
+``Conv3d`` (D, C, T, P, P) ⇄ patch-embedding kernel (C*T*P*P, D); everything else is copied. ``to_ours`` applies
+a transform on import; export applies its inverse while gathering (``hf.io._gather_hf``).
 """
 
 from __future__ import annotations
@@ -97,12 +98,3 @@ def to_ours(value, kind: str, target_shape: tuple[int, ...]):
     if tuple(value.shape) != tuple(target_shape):
         raise ValueError(f"shape {tuple(value.shape)} after '{kind}' transform, expected {tuple(target_shape)}")
     return value
-
-
-def to_hf(value, kind: str, conv_shape: tuple[int, ...] | None = None):
-    """Our parameter → HF tensor layout; ``conv_shape`` = (D, C, T, P, P) for the patch embedding."""
-    if kind == "linear":
-        return np.ascontiguousarray(value.T)
-    if kind == "conv":
-        return np.ascontiguousarray(value.T.reshape(conv_shape))
-    return np.ascontiguousarray(value)

@@ -150,3 +150,20 @@ def test_shard_model_in_place():
     model = shard_model(_model(), mesh)
     assert len(model.lm_head.kernel[...].sharding.device_set) == 8
     assert isinstance(ml_collections.ConfigDict(), ml_collections.ConfigDict)
+
+
+def test_hf_import_streams_onto_the_mesh(tmp_path):
+    from r1ov_jax import hf
+    from tests.hf_reference import tiny_hf_model
+
+    tiny_hf_model(seed=3).save_pretrained(tmp_path / "m")
+    ids, pv, thw = _inputs()
+    base = np.asarray(hf.from_pretrained(str(tmp_path / "m"))(ids, None, pv, thw))
+    mesh = make_mesh(1, 4, 2)
+    model = hf.from_pretrained(str(tmp_path / "m"), mesh=mesh)
+    k = model.language_model.layers[0].mlp.up_proj.kernel[...]
+    assert k.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor") and len(k.sharding.device_set) == 8
+    inputs = shard_batch(model.prepare_inputs(ids, None, pv, thw), mesh)
+    with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+        out = nnx.jit(lambda m, x: m.forward(**x))(model, inputs)
+    assert np.abs(np.asarray(out) - base).max() <= 1e-5
