@@ -32,6 +32,7 @@ def default_demo_config() -> ml_collections.ConfigDict:
     p.seq_len, p.batch_size, p.max_patches = 512, 4, 1024
     p.window_size = 56
     p.prompt_batch_size, p.worker_count = 4, 0
+    p.max_prompt_len, p.max_prompt_patches = 128, 4 * 96  # static prompt shapes: the sampler compiles once
     p.sft_suffix = True  # one prompt format for SFT, GRPO and evaluation
     cfg.model.preset = "tiny"
     cfg.model.text = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -44,9 +45,9 @@ def default_demo_config() -> ml_collections.ConfigDict:
     s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
     s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 300, 10, 100, 100
     r = cfg.rl
-    r.optim.lr, r.optim.warmup_ratio = 2e-5, 0.0
+    r.optim.lr, r.optim.warmup_ratio = 1e-4, 0.0
     r.grpo.num_generations, r.grpo.max_new_tokens, r.grpo.beta = 8, 160, 0.04
-    r.train.steps, r.train.log_every, r.train.ckpt_every = 20, 1, 10
+    r.train.steps, r.train.log_every, r.train.ckpt_every = 40, 1, 10
     return cfg
 
 
