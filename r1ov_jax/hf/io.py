@@ -137,6 +137,8 @@ def _gather(x: jax.Array) -> np.ndarray:
     Unlike ``np.asarray(x)`` this leaves no cached host copy on the array, so exporting never accumulates a
     second copy of the model in host memory.
     """
+    if not isinstance(x, jax.Array):
+        return np.array(x)
     out = np.empty(x.shape, x.dtype)
     for shard in x.addressable_shards:
         out[shard.index] = np.asarray(shard.data)
@@ -147,6 +149,9 @@ def _gather_hf(x: jax.Array, kind: str, conv_shape) -> np.ndarray:
     """Host copy in HF layout, written straight into the transposed buffer (one tensor-sized allocation)."""
     if kind == "copy":
         return _gather(x)
+    if not isinstance(x, jax.Array):
+        out = np.ascontiguousarray(np.asarray(x).T)
+        return out.reshape(conv_shape) if kind == "conv" else out
     out = np.empty(x.shape[::-1], x.dtype)
     for shard in x.addressable_shards:
         out[shard.index[::-1]] = np.asarray(shard.data).T

@@ -128,7 +128,7 @@ def load_run(path: str, step: int | None = None, dtype=jnp.float32, attn_impl: s
         state, _ = ckpt.restore(step, {"params": nnx.state(model, nnx.Param)}, partial=True)
     finally:
         ckpt.close()
-    nnx.update(model, state["params"])
+    nnx.update(model, jax.tree.map(jnp.asarray, state["params"]))  # restored leaves may be host NumPy
     model.hf_source = mdir
     tok = Tokenizer.from_pretrained(mdir) if os.path.exists(os.path.join(mdir, "tokenizer_config.json")) else None
     return model, tok, step
