@@ -68,7 +68,13 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str = ""
     axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, k in zip(axes[0], keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
+        xs, ys = [p[0] for p in pts], np.asarray([p[1] for p in pts], float)
+        noisy = len(pts) >= 10
+        ax.plot(xs, ys, marker="." if len(pts) < 40 else None, alpha=0.35 if noisy else 1.0)
+        if noisy:  # per-step RL metrics are noisy: overlay a centred moving average
+            w = max(3, len(pts) // 8)
+            ax.plot(xs, np.convolve(ys, np.ones(w) / w, mode="same") / np.convolve(np.ones_like(ys), np.ones(w) / w,
+                                                                                  mode="same"), color="C0")
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
