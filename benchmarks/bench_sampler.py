@@ -74,8 +74,8 @@ def main():
     def run_ours():
         return generate(ours, inputs, 0, cfg)
 
-    t_ids = torch.as_tensor(ids)
-    kw = dict(input_ids=t_ids, attention_mask=torch.as_tensor(mask), pixel_values=torch.as_tensor(pv),
+    t_ids = torch.as_tensor(ids, dtype=torch.long)
+    kw = dict(input_ids=t_ids, attention_mask=torch.as_tensor(mask, dtype=torch.long), pixel_values=torch.as_tensor(pv),
               image_grid_thw=torch.as_tensor(thw), mm_token_type_ids=(t_ids == IMG).int(),
               max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0)
 

@@ -82,6 +82,7 @@ def attention(
     kv_positions: jax.Array | None = None,
     scale: float | None = None,
     impl: str = "xla",
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Multi-head attention with GQA.
 
@@ -92,6 +93,8 @@ def attention(
       q_positions, kv_positions: int ``[b, tq]`` / ``[b, tk]``, only used when causal; default ``arange``.
       scale: logit scale, default ``d ** -0.5``.
       impl: "auto" | "xla" | "pallas".
+      mask: optional precomputed ``make_mask(...)`` of exactly these ids/positions, used by the XLA path so a
+        decoder computes it once per step instead of once per layer; kernels derive it from the ids.
 
     Returns:
       ``[b, tq, hq, d]`` in q's dtype (accumulation in fp32).
@@ -112,6 +115,7 @@ def attention(
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
             q_positions=q_positions, kv_positions=kv_positions, scale=scale,
         )
-    mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
-                     kv_positions=kv_positions)
+    if mask is None:
+        mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
+                         kv_positions=kv_positions)
     return xla_attention(q, k, v, mask, scale=scale)

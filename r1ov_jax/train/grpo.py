@@ -153,8 +153,8 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
             comps = jnp.asarray(samples.tokens)
             comp_mask = jnp.asarray(np.arange(comps.shape[1])[None] < samples.lengths[:, None])
             with ctx():
-                ref_logp = _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
-            t2 = time.perf_counter()
+                ref_logp = jax.block_until_ready(_logprobs_jit(ref_model, prompt, comps, comp_mask, group=group))
+            t2 = time.perf_counter()  # (blocking so the step breakdown is honest; dispatch is async)
             old_logp = None
             # A batch where every group's rewards tie has zero advantages: its only gradient would be the KL
             # term, which at policy == reference is float noise (~1e-6) that Adam would scale to a full step.
@@ -167,6 +167,7 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                                       old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
                                       beta=float(g.beta), epsilon=float(g.epsilon),
                                       first_iteration=old_logp is None)
+            jax.block_until_ready(aux)
             t3 = time.perf_counter()
             step += 1
             if skip:  # still report where the policy stands

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1ov_jax.layers.attention import attention
+from r1ov_jax.layers.attention import attention, make_mask, resolve_impl
 from r1ov_jax.layers.basic import Dense, Embed, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
@@ -44,8 +44,9 @@ class TextAttention(nnx.Module):
         self.v_proj = Dense(t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw)
         self.o_proj = Dense(self.nq * self.hd, t.hidden_size, axes=("q_heads", "embed"), use_bias=False, **kw)
 
-    def __call__(self, x, cos, sin, segments, layer_cache=None):
-        """x ``[b, L, H]``; segments ``[b, L]``; layer_cache = (k_all, v_all, layer, kv_segments, index) or None."""
+    def __call__(self, x, cos, sin, segments, layer_cache=None, mask=None):
+        """x ``[b, L, H]``; segments ``[b, L]``; layer_cache = (k_all, v_all, layer, kv_segments, index) or None;
+        mask: the step's visibility mask when precomputed (XLA path), shared by all layers."""
         b, length, _ = x.shape
         q = self.q_proj(x).reshape(b, length, self.nq, self.hd)
         k = self.k_proj(x).reshape(b, length, self.nkv, self.hd)
@@ -53,7 +54,8 @@ class TextAttention(nnx.Module):
         q = apply_rope(q, cos[:, :, None], sin[:, :, None])
         k = apply_rope(k, cos[:, :, None], sin[:, :, None])
         if layer_cache is None:
-            out = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, causal=True, impl=self.impl)
+            out = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, causal=True, impl=self.impl,
+                            mask=mask)
             new_cache = None
         else:
             # The stacked [layers, ...] cache is updated in place (one slice per layer), so a donated cache
@@ -63,7 +65,8 @@ class TextAttention(nnx.Module):
             cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, 0, index, 0, 0))
             q_pos = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (b, length))
             out = attention(q, ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), q_segment_ids=segments,
-                            kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl)
+                            kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl,
+                            mask=mask)
             new_cache = (ck, cv)
         return self.o_proj(out.reshape(b, length, self.nq * self.hd)), new_cache
 
@@ -88,8 +91,8 @@ class DecoderLayer(nnx.Module):
         self.self_attn = TextAttention(cfg, rngs=rngs)
         self.mlp = TextMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segments, layer_cache=None):
-        h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segments, layer_cache)
+    def __call__(self, x, cos, sin, segments, layer_cache=None, mask=None):
+        h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segments, layer_cache, mask)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), new_cache
 
@@ -122,10 +125,18 @@ class TextModel(nnx.Module):
             kv_segments = jax.lax.dynamic_update_slice(cache["segments"], segments.astype(jnp.int32),
                                                        (0, cache["index"]))
             ck, cv = cache["k"], cache["v"]
+        mask = None
+        if resolve_impl(self.cfg.attn_impl) == "xla":  # one mask for all layers (same ids and positions)
+            b = x.shape[0]
+            if cache is None:
+                mask = make_mask(segments, segments, causal=True)
+            else:
+                q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(length, dtype=jnp.int32), (b, length))
+                mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (ck, cv, i, kv_segments, cache["index"])
             call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
-            x, lc = call(layer, x, cos, sin, segments, layer_cache)
+            x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
             hidden.append(x)
             if lc is not None:
