@@ -167,7 +167,8 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                                       old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
                                       beta=float(g.beta), epsilon=float(g.epsilon),
                                       first_iteration=old_logp is None)
-            jax.block_until_ready(aux)
+            if not skip:
+                jax.block_until_ready(aux)
             t3 = time.perf_counter()
             step += 1
             if skip:  # still report where the policy stands
