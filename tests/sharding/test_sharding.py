@@ -167,3 +167,19 @@ def test_hf_import_streams_onto_the_mesh(tmp_path):
     with activation_sharding(mesh, rules_for(model.cfg, mesh)):
         out = nnx.jit(lambda m, x: m.forward(**x))(model, inputs)
     assert np.abs(np.asarray(out) - base).max() <= 1e-5
+
+
+def test_sampler_on_a_mesh_matches_single_device():
+    from r1ov_jax.rollout.sampler import SamplingConfig, generate
+
+    ids, pv, thw = _inputs()
+    model = _model()
+    model.lm_head.kernel.value = model.lm_head.kernel[...] * 60.0  # unambiguous greedy paths
+    cfg = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    ref = generate(model, model.prepare_inputs(ids, None, pv, thw), 0, cfg, num_samples=2)
+    mesh = make_mesh(2, 2, 2)
+    shard_model(model, mesh)
+    with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+        out = generate(model, shard_batch(model.prepare_inputs(ids, None, pv, thw), mesh), 0, cfg, num_samples=2)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
