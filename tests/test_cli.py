@@ -72,7 +72,7 @@ def test_generate_import_export_round_trip(tiny_hf_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_mini_demo_end_to_end(tmp_path):
+def test_mini_demo_end_to_end(tmp_path, capsys):
     """The whole recipe at toy scale; the exported folder must load strictly in transformers."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -100,6 +100,10 @@ def test_mini_demo_end_to_end(tmp_path):
     with torch.no_grad():
         ref_logits = ref(input_ids=torch.as_tensor(ids)).logits.numpy()
     assert np.abs(np.asarray(ours(ids)) - ref_logits).max() < 1e-4
+    # `r1ov eval` on the exported model prints the grade x category table
+    assert main(["eval", "--model", str(out / "hf"), "--data", str(out / "data" / "heldout"), "--out",
+                 str(tmp_path / "ev"), "--max-new-tokens", "8"]) == 0
+    assert "Grade \\ Category" in capsys.readouterr().out
 
 
 def test_eval_and_compare(tiny_hf_dir, tmp_path, capsys):
