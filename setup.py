@@ -28,6 +28,7 @@ RUNTIME = [
 
 TEST = [
     "pytest",
+    "ruff",
     # Parity references only; never imported by the library. CI installs the CPU build of torch first.
     "torch",
     "transformers>=5.0",

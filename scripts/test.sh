@@ -6,6 +6,7 @@ bash scripts/setup_env.sh || { echo "environment setup failed" >&2; exit 1; }
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export JAX_PLATFORMS=cpu
+python -m ruff check r1ov_jax kernels configs benchmarks tests || { echo "ruff found errors" >&2; exit 1; }
 python -m pytest -q "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

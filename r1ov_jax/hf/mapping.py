@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 
 # (our NNX path, HF name, transform); "{i}" stands for a layer/block index.
 RULES: tuple[tuple[str, str, str], ...] = (

@@ -8,7 +8,6 @@ import numpy as np
 from flax import nnx
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
-from r1ov_jax.processing.positions import get_rope_index
 from r1ov_jax.train import sft
 from r1ov_jax.train.optim import default_optim_config
 
