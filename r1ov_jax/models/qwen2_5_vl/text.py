@@ -1,7 +1,7 @@
 """Qwen2.5-VL text decoder (Qwen2 blocks with M-RoPE) in Flax NNX, with a static-shape KV cache.
 
 KV cache (a plain dict pytree, so it crosses jit boundaries and can be donated):
-  ``k``, ``v``: ``[layers, b, S, kv_heads, head_dim]``; ``segments``: ``int32 [b, S]`` (0 = empty or padding);
+  ``k``, ``v``: per layer ``[b, S, kv_heads, head_dim]`` (lists); ``segments``: ``int32 [b, S]`` (0 = empty or padding);
   ``index``: ``int32 []``, the next slot to write. Slot number = causal position for attention.
 """
 
@@ -45,7 +45,7 @@ class TextAttention(nnx.Module):
         self.o_proj = Dense(self.nq * self.hd, t.hidden_size, axes=("q_heads", "embed"), use_bias=False, **kw)
 
     def __call__(self, x, cos, sin, segments, layer_cache=None, mask=None):
-        """x ``[b, L, H]``; segments ``[b, L]``; layer_cache = (k_all, v_all, layer, kv_segments, index) or None;
+        """x ``[b, L, H]``; segments ``[b, L]``; layer_cache = (k, v, kv_segments, index) of this layer or None;
         mask: the step's visibility mask when precomputed (XLA path), shared by all layers."""
         b, length, _ = x.shape
         q = self.q_proj(x).reshape(b, length, self.nq, self.hd)
@@ -58,13 +58,13 @@ class TextAttention(nnx.Module):
                             mask=mask)
             new_cache = None
         else:
-            # The stacked [layers, ...] cache is updated in place (one slice per layer), so a donated cache
-            # is never copied inside the decode loop.
-            ck, cv, layer, kv_segments, index = layer_cache
-            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (layer, 0, index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (layer, 0, index, 0, 0))
+            # One buffer per layer, updated in place: a donated cache is never copied inside the decode loop
+            # (a stacked [layers, ...] array would be sliced, i.e. copied, per layer and step on CPU).
+            ck, cv, kv_segments, index = layer_cache
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             q_pos = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (b, length))
-            out = attention(q, ck[layer].astype(q.dtype), cv[layer].astype(q.dtype), q_segment_ids=segments,
+            out = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), q_segment_ids=segments,
                             kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl,
                             mask=mask)
             new_cache = (ck, cv)
@@ -124,7 +124,7 @@ class TextModel(nnx.Module):
             length = x.shape[1]
             kv_segments = jax.lax.dynamic_update_slice(cache["segments"], segments.astype(jnp.int32),
                                                        (0, cache["index"]))
-            ck, cv = cache["k"], cache["v"]
+            new_k, new_v = [], []
         mask = None
         if resolve_impl(self.cfg.attn_impl) == "xla":  # one mask for all layers (same ids and positions)
             b = x.shape[0]
@@ -134,17 +134,18 @@ class TextModel(nnx.Module):
                 q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(length, dtype=jnp.int32), (b, length))
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (ck, cv, i, kv_segments, cache["index"])
+            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], kv_segments, cache["index"])
             call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
             x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
             hidden.append(x)
             if lc is not None:
-                ck, cv = lc
+                new_k.append(lc[0])
+                new_v.append(lc[1])
         x = self.norm(x)
         new_cache = None
         if cache is not None:
-            new_cache = {"k": ck, "v": cv, "segments": kv_segments, "index": cache["index"] + length}
+            new_cache = {"k": new_k, "v": new_v, "segments": kv_segments, "index": cache["index"] + length}
         return (x, new_cache, hidden) if return_hidden else (x, new_cache)
 
 
@@ -152,6 +153,7 @@ def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> dic
     """An empty static-shape KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
     t = cfg.text
     dtype = cfg.dtype if dtype is None else dtype
-    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+    shape = (batch, max_len, t.num_key_value_heads, t.head_dim)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
             "segments": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
