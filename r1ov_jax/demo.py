@@ -55,7 +55,7 @@ def _records_texts(paths):
     from r1ov_jax.data.synth import read_records
 
     for rec in read_records(paths):
-        yield rec.prompt_text() if hasattr(rec, "prompt_text") else rec.question
+        yield rec.prompt_text()
         if rec.trace:
             yield rec.trace
 

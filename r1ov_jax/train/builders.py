@@ -26,7 +26,7 @@ from r1ov_jax import hf
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig, qwen2_5_vl_3b, qwen2_5_vl_7b, tiny
 from r1ov_jax.processing import ImageProcessor
 from r1ov_jax.processing.tokenizer import Tokenizer
-from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError, train_state
+from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError
 
 PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -143,4 +143,4 @@ def save_params_checkpoint(run_dir: str, model: Qwen25VL, step: int = 0) -> None
 
 
 __all__ = ["build_model", "default_model_config", "load_run", "model_config", "resolve_run_dir",
-           "save_params_checkpoint", "train_state", "write_model_files", "image_processor_for"]
+           "save_params_checkpoint", "write_model_files", "image_processor_for"]

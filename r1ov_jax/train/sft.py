@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
@@ -106,14 +105,8 @@ def optimizer_lr(cfg, step):
     return schedule(cfg.optim, updates(cfg.optim, cfg.train.steps))(step // max(cfg.optim.grad_accum, 1))
 
 
-def batch_stats(batch: dict) -> dict:
-    """Host-side numbers worth logging about a batch (fill rate of packing)."""
-    seg = np.asarray(batch["segment_ids"])
-    return {"fill": float((seg != 0).mean()), "segments": float(np.mean([len(set(r[r != 0])) for r in seg]))}
-
-
 def default_train_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
-        steps=100, batch_size=8, seq_len=512, log_every=10, eval_every=50, ckpt_every=50, keep_checkpoints=2,
-        seed=0,
+        # batch shape lives in the pipeline config (pipeline.batch_size / seq_len), not here
+        steps=100, log_every=10, eval_every=50, ckpt_every=50, keep_checkpoints=2, seed=0,
     ))
