@@ -1,13 +1,15 @@
 """Decode attention: a few query tokens per sequence against a static KV cache, GQA-grouped, split-K.
 
-q ``[b, tq, hq, d]`` with small tq (a decode step, or a few speculative tokens), caches ``[b, S, hkv, d]``;
+q ``[b, tq, hq, d]`` with small tq (a decode step, or a few speculative tokens), caches ``[b, S, hkv, d]`` or
+head-major ``[b, hkv, S, d]`` (``kv_heads_major``, the model's KV-cache layout);
 visibility is the project's rule (segment ids, causal positions), and ``lengths`` is a shortcut for
 "slots >= length are empty". Design:
 
 * All ``g = hq // hkv`` query heads of a kv head, times the tq tokens, form the rows of one tile
   (``g * tq`` rows), so each cache block is read once per kv head, not once per query head.
-* The cache is read in place when its layout allows (``[b, S, hkv * d]`` is a free reshape and a
-  ``(block_k, d)`` tile at lane-block ``h`` is head h) instead of transposing the whole cache every step.
+* The cache is read in place when its layout allows (head-major: always, when S and d need no padding;
+  ``[b, S, hkv * d]`` is a free reshape and a ``(block_k, d)`` tile at lane-block ``h`` is head h) instead of
+  transposing the whole cache every step.
 * Per sequence, only key blocks in ``[lo, hi)`` (from ``common.block_ranges``: empty slots and, when
   causal, slots past the newest query position) are read. That range is split across ``num_splits``
   programs (flash-decoding) whose partial results are merged by logsumexp in XLA: parallelism for small
@@ -53,24 +55,27 @@ def decode_attention(
     in_place: bool | None = None,
     backend: str | None = None,
     interpret: bool | None = None,
+    kv_heads_major: bool = False,
 ) -> jax.Array:
     """Attention of a few query tokens against a KV cache.
 
     Args:
-      q: ``[b, tq, hq, d]``; k_cache, v_cache: ``[b, S, hkv, d]``, same dtype.
+      q: ``[b, tq, hq, d]``; k_cache, v_cache: ``[b, S, hkv, d]``, same dtype (``[b, hkv, S, d]`` when
+        ``kv_heads_major``).
       q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal: as in ``layers.attention``.
       lengths: optional int ``[b]``; cache slots ``>= lengths[i]`` are treated as padding.
       scale: logit scale, default ``d ** -0.5``.
       block_k: cache tile length; num_splits: programs per (sequence, kv head) along the cache.
-      in_place: read the cache without a transposed copy (default: whenever the layout allows).
+      in_place: read a ``[b, S, hkv, d]`` cache without a transposed copy (default: whenever the layout
+        allows); a head-major cache is always read as it is (padded only when S or d are not tile multiples).
       backend, interpret: as in ``flash_attention.flash_attention``.
 
     Returns:
       ``[b, tq, hq, d]`` in q's dtype.
     """
-    kv_segment_ids = reference.lengths_to_segment_ids(lengths, kv_segment_ids, k_cache.shape[:2])
     b, tq = q.shape[:2]
-    s_len = k_cache.shape[1]
+    s_len = k_cache.shape[2] if kv_heads_major else k_cache.shape[1]
+    kv_segment_ids = reference.lengths_to_segment_ids(lengths, kv_segment_ids, (b, s_len))
     if q_segment_ids is None:
         q_segment_ids = jnp.ones((b, tq), jnp.int32)
     if kv_segment_ids is None:
@@ -78,16 +83,22 @@ def decode_attention(
     if causal:
         q_positions = common.default_positions(b, tq) if q_positions is None else q_positions
         kv_positions = common.default_positions(b, s_len) if kv_positions is None else kv_positions
+    if kv_heads_major and in_place:
+        raise ValueError("in_place applies to [b, S, hkv, d] caches; a head-major cache is read as it is")
+    kv_shape = k_cache.shape
+    if kv_heads_major:
+        kv_shape = (kv_shape[0], kv_shape[2], kv_shape[1], kv_shape[3])
     cfg = _Config.make(
         q.shape,
-        k_cache.shape,
+        kv_shape,
         causal=causal,
         scale=scale,
         block_k=block_k,
         num_splits=num_splits,
-        in_place=in_place,
+        in_place=False if kv_heads_major else in_place,
         backend=backend,
         interpret=interpret,
+        heads_major=kv_heads_major,
     )
     return _decode(cfg, q, k_cache, v_cache, (q_segment_ids, kv_segment_ids, q_positions, kv_positions))
 
@@ -106,9 +117,12 @@ class _Config:
     rows: int  # g * tq query rows per kv head, padded to the tile granule
     num_splits: int
     in_place: bool
+    heads_major: bool  # caches arrive as [b, hkv, S, d]
 
     @classmethod
-    def make(cls, q_shape, kv_shape, *, causal, scale, block_k, num_splits, in_place, backend, interpret):
+    def make(cls, q_shape, kv_shape, *, causal, scale, block_k, num_splits, in_place, backend, interpret,
+             heads_major=False):
+        """``kv_shape`` is always given as ``[b, S, hkv, d]``."""
         b, tq, hq, d = q_shape
         _, s_len, hkv, _ = kv_shape
         if hq % hkv or kv_shape[3] != d:
@@ -135,6 +149,7 @@ class _Config:
             rows=rows,
             num_splits=max(1, min(splits, nk)),
             in_place=can if in_place is None else in_place,
+            heads_major=heads_major,
         )
 
 
@@ -161,7 +176,7 @@ def _decode_vjp_fwd(cfg, q, k, v, ids):
 def _decode_vjp_bwd(cfg, res, do):
     q, k, v, ids = res
     ref = lambda q, k, v: reference.reference_flash_attention(
-        q, k, v, *ids, causal=cfg.causal, scale=cfg.scale
+        q, *_token_major(cfg, k, v), *ids, causal=cfg.causal, scale=cfg.scale
     )
     return (*jax.vjp(ref, q, k, v)[1](do), None)
 
@@ -169,9 +184,13 @@ def _decode_vjp_bwd(cfg, res, do):
 _decode.defvjp(_decode_vjp_fwd, _decode_vjp_bwd)
 
 
+def _token_major(cfg, k, v):
+    return (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)) if cfg.heads_major else (k, v)
+
+
 def _decode_fwd_impl(cfg, q, k, v, ids):
     b, tq, hq, d = q.shape
-    s_len, hkv = k.shape[1], k.shape[2]
+    s_len, hkv = (k.shape[2], k.shape[1]) if cfg.heads_major else (k.shape[1], k.shape[2])
     g, rows, sp, dp = hq // hkv, cfg.rows, cfg.s_pad, cfg.d_pad
     q_seg, kv_seg, q_pos, kv_pos = ids
     kv_seg = common.pad_ids(kv_seg, sp)
@@ -186,7 +205,10 @@ def _decode_fwd_impl(cfg, q, k, v, ids):
     qr = jnp.pad(qr, ((0, 0), (0, 0), (0, rows - g * tq), (0, dp - d)))
     tile_rows = lambda x: common.pad_ids(jnp.tile(x, (1, g)), rows)
     row_ids = [tile_rows(q_seg), kv_seg] + ([tile_rows(q_pos), kv_pos] if cfg.causal else [])
-    if cfg.in_place:
+    if cfg.heads_major:  # already [b, hkv, S, d]: pad only when S or d are not tile multiples
+        pad = ((0, 0), (0, 0), (0, sp - s_len), (0, dp - d))
+        k, v = (k, v) if sp == s_len and dp == d else (jnp.pad(k, pad), jnp.pad(v, pad))
+    elif cfg.in_place:
         k, v = k.reshape(b, s_len, hkv * d), v.reshape(b, s_len, hkv * d)
     else:
         k, v = common.to_heads(k, sp, dp), common.to_heads(v, sp, dp)

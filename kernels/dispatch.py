@@ -38,14 +38,19 @@ def attention(
     scale: float,
     backend: str | None = None,
     interpret: bool | None = None,
+    kv_heads_major: bool = False,
 ) -> jax.Array:
-    """Same contract as ``r1ov_jax.layers.attention.attention`` (q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]``).
+    """Same contract as ``r1ov_jax.layers.attention.attention`` (q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]``,
+    or ``[b, hkv, tk, d]`` with ``kv_heads_major``: the KV-cache layout).
 
     ``backend`` ("tpu" | "gpu") and ``interpret`` override the automatic choice (tests use them).
     """
     backend = common.kernel_backend(backend)
     interpret = common.use_interpret(interpret)
-    args = (q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-    if use_decode(q.shape[1], k.shape[1]):
-        return decode_attention(*args, causal=causal, scale=scale, backend=backend, interpret=interpret)
-    return flash_attention(*args, causal=causal, scale=scale, backend=backend, interpret=interpret)
+    ids = (q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    kw = dict(causal=causal, scale=scale, backend=backend, interpret=interpret)
+    if use_decode(q.shape[1], k.shape[2] if kv_heads_major else k.shape[1]):
+        return decode_attention(q, k, v, *ids, kv_heads_major=kv_heads_major, **kw)
+    if kv_heads_major:  # a prompt against the cache (prefill): one transposed copy per prompt, not per token
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return flash_attention(q, k, v, *ids, **kw)

@@ -45,21 +45,31 @@ def make_mask(
     return mask
 
 
-def xla_attention(q, k, v, mask, *, scale: float) -> jax.Array:
-    """Dense attention. q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]``, mask ``[b, tq, tk]`` (bool)."""
+def xla_attention(q, k, v, mask, *, scale: float, kv_heads_major: bool = False) -> jax.Array:
+    """Dense attention. q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]`` (``[b, hkv, tk, d]`` when
+    ``kv_heads_major``), mask ``[b, tq, tk]`` (bool)."""
     b, tq, hq, d = q.shape
-    hkv = k.shape[2]
+    if not kv_heads_major:
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    hkv = k.shape[1]
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
-    # GQA: query head j uses kv head j // group, as transformers' repeat_kv does.
-    qg = q.reshape(b, tq, hkv, hq // hkv, d)
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32) * scale
-    m = mask[:, None, None, :, :]
-    # Softmax in fp32; fully masked rows become exact zeros instead of NaN or a uniform average.
-    logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1) * jnp.any(m, axis=-1, keepdims=True)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(b, tq, hq, d).astype(q.dtype)
+    g = hq // hkv
+    # GQA: query head j uses kv head j // g, as transformers' repeat_kv does. The g query heads of a kv head
+    # (times tq) are the rows of one [rows, d] x [d, tk] matmul per (b, kv head): both batch dims lead, which
+    # XLA:CPU runs as plain batched matmuls instead of transposing the cache on every decode step.
+    qg = q.reshape(b, tq, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * tq, d)
+    logits = jnp.einsum("bhrd,bhkd->bhrk", qg, k, preferred_element_type=jnp.float32) * scale
+    m = mask[:, None, None]  # [b, 1, 1, tq, tk]
+    logits = jnp.where(m, logits.reshape(b, hkv, g, tq, -1), jnp.finfo(jnp.float32).min)
+    # Softmax in fp32, normalized after the second matmul (one [rows, tk] pass fewer).
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    denom = jnp.sum(p, axis=-1).reshape(b, hkv, g * tq, 1)
+    out = jnp.einsum("bhrk,bhkd->bhrd", p.reshape(b, hkv, g * tq, -1).astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / denom
+    out = out.reshape(b, hkv, g, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, hq, d)
+    # Fully masked rows (padding queries) become exact zeros instead of an average of the values.
+    return (out * jnp.any(mask, axis=-1)[:, :, None, None]).astype(q.dtype)
 
 
 def resolve_impl(impl: str) -> str:
@@ -83,11 +93,13 @@ def attention(
     scale: float | None = None,
     impl: str = "xla",
     mask: jax.Array | None = None,
+    kv_heads_major: bool = False,
 ) -> jax.Array:
     """Multi-head attention with GQA.
 
     Args:
-      q: ``[b, tq, hq, d]``; k, v: ``[b, tk, hkv, d]`` with ``hq % hkv == 0``.
+      q: ``[b, tq, hq, d]``; k, v: ``[b, tk, hkv, d]`` with ``hq % hkv == 0``, or ``[b, hkv, tk, d]`` when
+        ``kv_heads_major`` (the KV-cache layout: each head's keys contiguous, read in place).
       q_segment_ids, kv_segment_ids: int ``[b, tq]`` / ``[b, tk]``; None means one segment everywhere.
       causal: restrict each query to keys at positions <= its own.
       q_positions, kv_positions: int ``[b, tq]`` / ``[b, tk]``, only used when causal; default ``arange``.
@@ -100,7 +112,7 @@ def attention(
       ``[b, tq, hq, d]`` in q's dtype (accumulation in fp32).
     """
     b, tq, _, d = q.shape
-    tk = k.shape[1]
+    tk = k.shape[2] if kv_heads_major else k.shape[1]
     scale = d**-0.5 if scale is None else scale
     if q_segment_ids is None:
         q_segment_ids = jnp.ones((b, tq), jnp.int32)
@@ -113,9 +125,9 @@ def attention(
         return dispatch.attention(
             q, k, v,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
-            q_positions=q_positions, kv_positions=kv_positions, scale=scale,
+            q_positions=q_positions, kv_positions=kv_positions, scale=scale, kv_heads_major=kv_heads_major,
         )
     if mask is None:
         mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
                          kv_positions=kv_positions)
-    return xla_attention(q, k, v, mask, scale=scale)
+    return xla_attention(q, k, v, mask, scale=scale, kv_heads_major=kv_heads_major)

@@ -58,9 +58,21 @@ def filter_logits(logits: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """``argmax`` (first index of the maximum) as two plain reductions.
+
+    XLA:CPU lowers ``jnp.argmax`` to a variadic (value, index) reduce that is not vectorized: ~70 us per decode
+    step on ``[8, 4096]`` logits, a few percent of the whole step; max then min-index costs a few us.
+    """
+    vocab = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    idx = jnp.min(jnp.where(logits == top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+    return jnp.minimum(idx, vocab - 1)  # all-NaN rows (no match) map to the last id instead of out of range
+
+
 def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
     if cfg.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return greedy_tokens(logits)
     scaled = filter_logits(logits / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
@@ -86,7 +98,8 @@ def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingCon
         step, logits, cache, key, done, tokens, logprobs = state
         key, sub = jax.random.split(key)
         tok = choose_tokens(logits, sub, cfg)
-        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tok[:, None], -1)[:, 0]
+        # log softmax at the chosen token only (no [rows, vocab] log-prob array per step)
+        lp = jnp.take_along_axis(logits, tok[:, None], -1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
         tok = jnp.where(done, cfg.pad_id, tok)
         tokens = tokens.at[:, step].set(tok)
         logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, lp))

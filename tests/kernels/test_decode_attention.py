@@ -1,4 +1,4 @@
-"""decode_attention (both flavours, in place and copied caches) == reference."""
+"""decode_attention (both flavours, in place, copied and head-major caches) == reference."""
 
 from __future__ import annotations
 
@@ -36,6 +36,35 @@ def test_matches_reference(case):
     assert out.shape == q.shape and out.dtype == q.dtype
     assert_close(out, ref, FP32_TOL)
     assert not np.any(np.asarray(out[0]))
+
+
+heads = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [b, S, hkv, d] -> the model's [b, hkv, S, d] cache
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c[:8])))
+def test_heads_major_cache_matches_reference(case):
+    """The model's cache layout: same outputs as the [b, S, hkv, d] call, with no transposed copy."""
+    backend, b, tq, hq, hkv, s_len, d, causal, _, splits, bk = case
+    rng = np.random.default_rng(s_len + d + hq + 1)
+    q, k, v = qkv(rng, b, tq, s_len, hq, hkv, d)
+    lengths = jnp.asarray(np.r_[0, [bk + 1] * (b - 2), s_len][:b], jnp.int32)
+    q_pos = jnp.maximum(lengths[:, None] - tq + jnp.arange(tq)[None], 0).astype(jnp.int32)
+    kw = {"q_positions": q_pos, "lengths": lengths, "causal": causal}
+    out = decode_attention(q, heads(k), heads(v), **kw, block_k=bk, num_splits=splits, backend=backend,
+                           kv_heads_major=True)
+    assert_close(out, reference_decode_attention(q, k, v, **kw), FP32_TOL)
+    with pytest.raises(ValueError, match="head-major"):
+        decode_attention(q, heads(k), heads(v), in_place=True, kv_heads_major=True, backend=backend)
+
+
+def test_heads_major_gradient():
+    rng = np.random.default_rng(3)
+    q, k, v = qkv(rng, 2, 1, 96, 4, 2, 16)
+    ids = (None, None, jnp.asarray([[40], [95]], jnp.int32), None)
+    kernel = lambda q, k, v: decode_attention(q, heads(k), heads(v), *ids, causal=True, block_k=32,
+                                              kv_heads_major=True)
+    reference = lambda q, k, v: reference_decode_attention(q, k, v, *ids, causal=True)
+    check_against_reference(kernel, reference, q, k, v, FP32_TOL, rng)
 
 
 def test_bf16_segments_and_gradient():

@@ -1,7 +1,9 @@
 """Qwen2.5-VL text decoder (Qwen2 blocks with M-RoPE) in Flax NNX, with a static-shape KV cache.
 
 KV cache (a plain dict pytree, so it crosses jit boundaries and can be donated):
-  ``k``, ``v``: per layer ``[b, S, kv_heads, head_dim]`` (lists); ``segments``: ``int32 [b, S]`` (0 = empty or padding);
+  ``k``, ``v``: per layer ``[b, kv_heads, S, head_dim]`` (lists; head-major like transformers' cache, so attention
+  reads each head's keys in place instead of transposing the cache every step); ``segments``: ``int32 [b, S]``
+  (0 = empty or padding);
   ``index``: ``int32 []``, the next slot to write. Slot number = causal position for attention.
 """
 
@@ -61,12 +63,13 @@ class TextAttention(nnx.Module):
             # One buffer per layer, updated in place: a donated cache is never copied inside the decode loop
             # (a stacked [layers, ...] array would be sliced, i.e. copied, per layer and step on CPU).
             ck, cv, kv_segments, index = layer_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+            heads = lambda x: x.transpose(0, 2, 1, 3).astype(ck.dtype)  # noqa: E731
+            ck = jax.lax.dynamic_update_slice(ck, heads(k), (0, 0, index, 0))
+            cv = jax.lax.dynamic_update_slice(cv, heads(v), (0, 0, index, 0))
             q_pos = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (b, length))
             out = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), q_segment_ids=segments,
                             kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl,
-                            mask=mask)
+                            mask=mask, kv_heads_major=True)
             new_cache = (ck, cv)
         return self.o_proj(out.reshape(b, length, self.nq * self.hd)), new_cache
 
@@ -153,7 +156,7 @@ def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> dic
     """An empty static-shape KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
     t = cfg.text
     dtype = cfg.dtype if dtype is None else dtype
-    shape = (batch, max_len, t.num_key_value_heads, t.head_dim)
+    shape = (batch, t.num_key_value_heads, max_len, t.head_dim)
     return {"k": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
             "v": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
             "segments": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
