@@ -186,8 +186,6 @@ def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[Bench
     """Read an R1-Onevision-Bench or VLMEvalKit-style TSV. Returns (items, report); bad rows are skipped."""
     report = ImportReport(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 images are long fields
-    items: list[BenchItem] = []
-    seen: set[str] = set()
     images_by_id: dict[str, list[bytes]] = {}
     base_dir = os.path.dirname(os.path.abspath(path))
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -203,61 +201,61 @@ def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[Bench
             raise ValueError(
                 f"{path}: header {raw_header} has no question/answer columns; is this a benchmark TSV?"
             )
-        for n, cells in enumerate(reader, start=2):
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue
-            report.rows += 1
-            try:
-                if len(cells) != len(header):
-                    raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
-                item = _row_to_item(dict(zip(header, cells)), header, images_by_id, base_dir, require_image)
-                if item.id in seen:
-                    raise RowError("duplicate_id", f"id {item.id!r} appears twice")
-            except RowError as e:
-                report.skip(n, e)
-                continue
-            seen.add(item.id)
-            items.append(item)
-            report.kept += 1
-    return items, report
+
+        def to_item(cells):
+            if len(cells) != len(header):
+                raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
+            return _row_to_item(dict(zip(header, cells)), header, images_by_id, base_dir, require_image)
+
+        rows = ((n, c) for n, c in enumerate(reader, start=2) if c and (len(c) > 1 or c[0].strip()))
+        return _collect_items(report, rows, to_item), report
 
 
 def load_bench_jsonl(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
     """JSON lines with the TSV field names (image as base64, or `images`: list of base64)."""
     report = ImportReport(path)
-    items, seen, images_by_id = [], set(), {}
+    images_by_id: dict[str, list[bytes]] = {}
     base_dir = os.path.dirname(os.path.abspath(path))
+
+    def to_item(line):
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise RowError("bad_json", str(e)) from None
+        if not isinstance(obj, dict):
+            raise RowError("bad_json", "line is not a JSON object")
+        row = {}
+        for k, v in obj.items():
+            if k == "images" and isinstance(v, list):
+                row["image"] = json.dumps(v)
+            elif isinstance(v, (list, dict)):
+                row[k] = json.dumps(v)
+            else:
+                row[k] = "" if v is None else str(v)
+        return _row_to_item(row, list(row), images_by_id, base_dir, require_image)
+
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            report.rows += 1
-            try:
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise RowError("bad_json", str(e)) from None
-                if not isinstance(obj, dict):
-                    raise RowError("bad_json", "line is not a JSON object")
-                row = {}
-                for k, v in obj.items():
-                    if k == "images" and isinstance(v, list):
-                        row["image"] = json.dumps(v)
-                    elif isinstance(v, (list, dict)):
-                        row[k] = json.dumps(v)
-                    else:
-                        row[k] = "" if v is None else str(v)
-                raw_header = list(row)
-                item = _row_to_item(row, raw_header, images_by_id, base_dir, require_image)
-                if item.id in seen:
-                    raise RowError("duplicate_id", f"id {item.id!r} appears twice")
-            except RowError as e:
-                report.skip(n, e)
-                continue
-            seen.add(item.id)
-            items.append(item)
-            report.kept += 1
-    return items, report
+        rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
+        return _collect_items(report, rows, to_item), report
+
+
+def _collect_items(report: ImportReport, rows, to_item) -> list[BenchItem]:
+    """Items from ``(line number, raw row)`` pairs; a row whose ``to_item`` raises ``RowError``, or that repeats
+    an id, is counted and skipped in ``report``."""
+    items, seen = [], set()
+    for n, raw in rows:
+        report.rows += 1
+        try:
+            item = to_item(raw)
+            if item.id in seen:
+                raise RowError("duplicate_id", f"id {item.id!r} appears twice")
+        except RowError as e:
+            report.skip(n, e)
+            continue
+        seen.add(item.id)
+        items.append(item)
+        report.kept += 1
+    return items
 
 
 def load_bench(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
