@@ -1,6 +1,6 @@
 """In-framework KV-cache sampler: batched multimodal prompts × G samples, one jit-compiled program.
 
-prefill (vision tower once per prompt, then the decoder over the prompt, embeddings repeated G times) and
+prefill (vision tower and decoder once per prompt; the prompt's KV cache is then repeated for the G samples) and
 the whole decode loop (``lax.while_loop``: no per-token Python dispatch) run in a single compiled function.
 Sampling: greedy, or temperature with optional top-k and top-p (nucleus). Generation stops per sequence at an
 EOS id or after ``max_new_tokens``.
@@ -83,12 +83,13 @@ def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingCon
     b, length = ids.shape
     rows = b * num_samples
     rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
-    x = rep(model.embed(ids, inputs.get("pixel_values"), inputs.get("vision")))
-    segments, positions = rep(segments), rep(positions, axis=1)
-    cache = model.init_cache(rows, length + cfg.max_new_tokens)
+    # Prefill once per prompt, then give each of the G samples its own copy of the prompt's KV cache.
+    x = model.embed(ids, inputs.get("pixel_values"), inputs.get("vision"))
+    cache = model.init_cache(b, length + cfg.max_new_tokens)
     h, cache = model.language_model(x, positions, segments, cache)
-    logits = model.logits(h[:, -1]).astype(jnp.float32)
-    start = next_positions(positions, segments)
+    cache = {**jax.tree.map(rep, {k: cache[k] for k in ("k", "v", "segments")}), "index": cache["index"]}
+    logits = rep(model.logits(h[:, -1]).astype(jnp.float32))
+    start = rep(next_positions(positions, segments))
     eos = jnp.asarray(cfg.eos_ids if cfg.eos_ids else (-1,), jnp.int32)
 
     def cond(state):

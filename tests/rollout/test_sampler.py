@@ -38,6 +38,11 @@ def test_greedy_equals_stepwise_argmax(peaky_model):
         np.testing.assert_allclose(out.logprobs[:, step], lp, atol=1e-4)
         seq = np.concatenate([seq, expect[:, None]], 1)
         m = np.concatenate([m, np.ones((2, 1), m.dtype)], 1)
+    # G samples per prompt share one prefill (the prompt's cache is repeated): each greedy copy decodes alike.
+    group = generate(peaky_model, inputs, 0, SamplingConfig(max_new_tokens=6, temperature=0.0), num_samples=3)
+    np.testing.assert_array_equal(group.tokens, np.repeat(out.tokens, 3, axis=0))
+    np.testing.assert_allclose(group.logprobs, np.repeat(out.logprobs, 3, axis=0), atol=1e-5)
+    np.testing.assert_array_equal(group.prompt_index, [0, 0, 0, 1, 1, 1])
 
 
 def test_temperature_frequencies_match_softmax(peaky_model):
