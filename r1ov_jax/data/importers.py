@@ -75,6 +75,22 @@ class ImportReport:
         }
 
 
+def accounted(report: ImportReport, rows, convert):
+    """Yields ``convert(raw)`` for each ``(row number, raw row)`` pair, counting every row in ``report``; a row whose
+    ``convert`` raises ``RowError`` or ``RecordError`` is counted per reason and skipped."""
+    for n, raw in rows:
+        report.rows += 1
+        try:
+            out = convert(raw)
+        except RowError as e:
+            report.skip(n, e)
+        except RecordError as e:
+            report.skip(n, RowError("invalid_record", str(e)))
+        else:
+            report.kept += 1
+            yield out
+
+
 def decode_image(value, *, field: str = "image") -> bytes:
     """base64 text (optionally a data: URI), raw bytes, or {"bytes": …} → encoded image bytes (PNG if re-encoded)."""
     if isinstance(value, dict):
@@ -173,20 +189,10 @@ def iter_r1onevision_parquet(
     if missing:
         raise ValueError(f"{path}: parquet lacks column(s) {sorted(missing)}; has {sorted(names)}")
     cols = [c for c in ("id", "image", "conversations") if c in names]
-    n = 0
-    for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
-        for row in batch.to_pylist():
-            report.rows += 1
-            try:
-                rec = _conversation_row(row, n, report, os.path.basename(path)).validate()
-            except RowError as e:
-                report.skip(n, e)
-            except RecordError as e:
-                report.skip(n, RowError("invalid_record", str(e)))
-            else:
-                report.kept += 1
-                yield rec
-            n += 1
+    rows = (row for batch in pf.iter_batches(batch_size=batch_size, columns=cols) for row in batch.to_pylist())
+    numbered = ((n, (n, row)) for n, row in enumerate(rows))
+    name = os.path.basename(path)
+    yield from accounted(report, numbered, lambda nr: _conversation_row(nr[1], nr[0], report, name).validate())
 
 
 def load_r1onevision_parquet(path: str) -> tuple[list[Record], ImportReport]:
@@ -211,55 +217,49 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
             raise ValueError(
                 f"{path}: header lacks column(s) {missing}; expected {BENCH_COLUMNS}, got {header}"
             )
-        for n, cells in enumerate(reader, start=2):  # n = line number of the row in the file (header is 1)
-            if not cells:
-                continue
-            report.rows += 1
+
+        def to_record(cells):
+            if len(cells) != len(header):
+                raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
+            row = dict(zip(header, cells))
+            idx = row["index"].strip()
+            question, answer = row["question"].strip(), row["answer"].strip()
+            if not question:
+                raise RowError("empty_question", "question is empty")
+            if not answer:
+                raise RowError("empty_answer", "answer is empty")
             try:
-                if len(cells) != len(header):
-                    raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
-                row = dict(zip(header, cells))
-                idx = row["index"].strip()
-                question, answer = row["question"].strip(), row["answer"].strip()
-                if not question:
-                    raise RowError("empty_question", "question is empty")
-                if not answer:
-                    raise RowError("empty_answer", "answer is empty")
-                try:
-                    choices = parse_choices_field(row.get("choices", ""))
-                except ValueError as e:
-                    raise RowError("bad_choices", str(e)) from None
-                img = row["image"].strip()
-                if re.fullmatch(r"\d{1,10}", img) and img != idx:
-                    if img not in images:
-                        raise RowError("bad_image_ref", f"image refers to index {img}, which has no image")
-                    image = images[img]
-                else:
-                    image = decode_image(img)
-                images[idx] = image
-                meta = {
-                    "type": "bench",
-                    "source": "r1-onevision-bench",
-                    "index": idx,
-                    "level": row["level"].strip(),
-                    "category": row["category"].strip(),
-                }
-                rec = Record(
-                    id=f"bench-{idx}",
-                    images=[image],
-                    formal="",
-                    question=question,
-                    answer=answer,
-                    choices=choices,
-                    meta=meta,
-                ).validate()
-            except RowError as e:
-                report.skip(n, e)
-            except RecordError as e:
-                report.skip(n, RowError("invalid_record", str(e)))
+                choices = parse_choices_field(row.get("choices", ""))
+            except ValueError as e:
+                raise RowError("bad_choices", str(e)) from None
+            img = row["image"].strip()
+            if re.fullmatch(r"\d{1,10}", img) and img != idx:
+                if img not in images:
+                    raise RowError("bad_image_ref", f"image refers to index {img}, which has no image")
+                image = images[img]
             else:
-                report.kept += 1
-                yield rec
+                image = decode_image(img)
+            images[idx] = image
+            meta = {
+                "type": "bench",
+                "source": "r1-onevision-bench",
+                "index": idx,
+                "level": row["level"].strip(),
+                "category": row["category"].strip(),
+            }
+            return Record(
+                id=f"bench-{idx}",
+                images=[image],
+                formal="",
+                question=question,
+                answer=answer,
+                choices=choices,
+                meta=meta,
+            ).validate()
+
+        # n = line number of the row in the file (header is 1)
+        rows = ((n, cells) for n, cells in enumerate(reader, start=2) if cells)
+        yield from accounted(report, rows, to_record)
 
 
 def load_bench_tsv(path: str) -> tuple[list[Record], ImportReport]:

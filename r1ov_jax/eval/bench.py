@@ -29,7 +29,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from r1ov_jax.data.importers import ImportReport, RowError, decode_image
+from r1ov_jax.data.importers import ImportReport, RowError, accounted, decode_image
 from r1ov_jax.rewards.answers import LETTERS, choices_from_question, clean_choices, parse_choices_field
 
 # The paper's table order (R1_ONEVISION.md); other values are appended in sorted order.
@@ -240,22 +240,18 @@ def load_bench_jsonl(path: str, *, require_image: bool = True) -> tuple[list[Ben
 
 
 def _collect_items(report: ImportReport, rows, to_item) -> list[BenchItem]:
-    """Items from ``(line number, raw row)`` pairs; a row whose ``to_item`` raises ``RowError``, or that repeats
-    an id, is counted and skipped in ``report``."""
-    items, seen = [], set()
-    for n, raw in rows:
-        report.rows += 1
-        try:
-            item = to_item(raw)
-            if item.id in seen:
-                raise RowError("duplicate_id", f"id {item.id!r} appears twice")
-        except RowError as e:
-            report.skip(n, e)
-            continue
+    """Items from ``(line number, raw row)`` pairs; rows that ``to_item`` rejects, or that repeat an id, are
+    counted and skipped in ``report``."""
+    seen = set()
+
+    def unique(raw):
+        item = to_item(raw)
+        if item.id in seen:
+            raise RowError("duplicate_id", f"id {item.id!r} appears twice")
         seen.add(item.id)
-        items.append(item)
-        report.kept += 1
-    return items
+        return item
+
+    return list(accounted(report, rows, unique))
 
 
 def load_bench(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
