@@ -35,6 +35,19 @@ class Dense(nnx.Module):
         return y
 
 
+class GatedMLP(nnx.Module):
+    """SwiGLU ``down(silu(gate(x)) * up(x))``: the MLP of both Qwen2.5-VL towers (the vision one has biases)."""
+
+    def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.gate_proj = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
+        self.up_proj = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
+        self.down_proj = Dense(hidden, dim, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class Embed(nnx.Module):
     def __init__(self, num: int, features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.embedding = param(rngs, nnx.initializers.normal(0.02), (num, features), ("vocab", "embed"),

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from r1ov_jax.layers.attention import attention, make_mask, resolve_impl
-from r1ov_jax.layers.basic import Dense, Embed, RMSNorm, apply_rope
+from r1ov_jax.layers.basic import Dense, Embed, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
 
@@ -74,25 +74,13 @@ class TextAttention(nnx.Module):
         return self.o_proj(out.reshape(b, length, self.nq * self.hd)), new_cache
 
 
-class TextMLP(nnx.Module):
-    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
-        t = cfg.text
-        kw = dict(use_bias=False, dtype=cfg.dtype, rngs=rngs)
-        self.gate_proj = Dense(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
-        self.up_proj = Dense(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
-        self.down_proj = Dense(t.intermediate_size, t.hidden_size, axes=("mlp", "embed"), **kw)
-
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         t = cfg.text
         self.input_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.self_attn = TextAttention(cfg, rngs=rngs)
-        self.mlp = TextMLP(cfg, rngs=rngs)
+        self.mlp = GatedMLP(t.hidden_size, t.intermediate_size, use_bias=False, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, segments, layer_cache=None, mask=None):
         h, new_cache = self.self_attn(self.input_layernorm(x), cos, sin, segments, layer_cache, mask)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1ov_jax.layers.attention import attention
-from r1ov_jax.layers.basic import Dense, RMSNorm, apply_rope
+from r1ov_jax.layers.basic import Dense, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
 
@@ -46,27 +46,14 @@ class VisionAttention(nnx.Module):
         return self.proj(out.reshape(n, d))
 
 
-class VisionMLP(nnx.Module):
-    """SwiGLU with biases (Qwen2.5-VL; Qwen2-VL used fc1/fc2 + quick_gelu)."""
-
-    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
-        v = cfg.vision
-        kw = dict(use_bias=True, dtype=cfg.dtype, rngs=rngs)
-        self.gate_proj = Dense(v.hidden_size, v.intermediate_size, axes=("embed", "mlp"), **kw)
-        self.up_proj = Dense(v.hidden_size, v.intermediate_size, axes=("embed", "mlp"), **kw)
-        self.down_proj = Dense(v.intermediate_size, v.hidden_size, axes=("mlp", "embed"), **kw)
-
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class VisionBlock(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         d = cfg.vision.hidden_size
         self.norm1 = RMSNorm(d, VISION_NORM_EPS)
         self.norm2 = RMSNorm(d, VISION_NORM_EPS)
         self.attn = VisionAttention(cfg, rngs=rngs)
-        self.mlp = VisionMLP(cfg, rngs=rngs)
+        # SwiGLU with biases (Qwen2.5-VL; Qwen2-VL used fc1/fc2 + quick_gelu)
+        self.mlp = GatedMLP(d, cfg.vision.intermediate_size, use_bias=True, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, segments):
         x = x + self.attn(self.norm1(x), cos, sin, segments)
