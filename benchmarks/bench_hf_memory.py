@@ -56,11 +56,23 @@ class PeakRSS:
 def config(hidden: int, layers: int):
     from r1ov_jax.models.qwen2_5_vl import Qwen25VLConfig, TextConfig, VisionConfig
 
-    text = TextConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 128, num_key_value_heads=2,
-                      mrope_section=(16, 24, 24))
-    vision = VisionConfig(depth=4, hidden_size=512, intermediate_size=1368, num_heads=8, out_hidden_size=hidden,
-                          fullatt_block_indexes=(3,))
+    text = TextConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=2,
+        mrope_section=(16, 24, 24),
+    )
+    vision = VisionConfig(
+        depth=4,
+        hidden_size=512,
+        intermediate_size=1368,
+        num_heads=8,
+        out_hidden_size=hidden,
+        fullatt_block_indexes=(3,),
+    )
     return Qwen25VLConfig(text=text, vision=vision)
 
 
@@ -77,8 +89,13 @@ def write_random_checkpoint(cfg, out_dir: str) -> int:
     params = flat_params(abstract_model(cfg))
     rng = np.random.default_rng(0)
     weight_map, shard, size, k, total = {}, {}, 0, 0, 0
-    conv = (cfg.vision.hidden_size, cfg.vision.in_channels, cfg.vision.temporal_patch_size,
-            cfg.vision.patch_size, cfg.vision.patch_size)
+    conv = (
+        cfg.vision.hidden_size,
+        cfg.vision.in_channels,
+        cfg.vision.temporal_patch_size,
+        cfg.vision.patch_size,
+        cfg.vision.patch_size,
+    )
 
     def flush():
         nonlocal shard, size, k
@@ -91,7 +108,7 @@ def write_random_checkpoint(cfg, out_dir: str) -> int:
         hf_name, kind = ours_to_hf(path)
         shape = tuple(var.shape)
         hf_shape = conv if kind == "conv" else (shape[::-1] if kind == "linear" else shape)
-        shard[hf_name] = (rng.standard_normal(hf_shape, dtype=np.float32) * 0.02)
+        shard[hf_name] = rng.standard_normal(hf_shape, dtype=np.float32) * 0.02
         size += shard[hf_name].nbytes
         total += shard[hf_name].nbytes
         if size > 200e6:
@@ -142,18 +159,28 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         src, dst = os.path.join(d, "src"), os.path.join(d, "dst")
         nbytes = write_random_checkpoint(cfg, src)
-        out = subprocess.run([sys.executable, __file__, "--child", "both", src, dst], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "both", src, dst],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         r = json.loads(out.split("RESULT ")[-1])
         gb = nbytes / 1e9
         imp = (r["import_peak"] - r["import_before"]) / nbytes
         exp = (r["export_peak"] - r["export_before"]) / nbytes
-        print(f"parameters: {nbytes / 4 / 1e6:.0f} M fp32 = {gb:.2f} GB; mesh (data, fsdp, tensor) = (1, 8, 1) on 8 "
-              "CPU devices")
-        print(f"import: peak RSS {r['import_peak'] / 1e9:.2f} GB (+{(r['import_peak'] - r['import_before']) / 1e9:.2f}"
-              f" GB over the {r['import_before'] / 1e9:.2f} GB baseline) → ratio {imp:.3f} (target ≤ 1.3)")
-        print(f"export: peak RSS {r['export_peak'] / 1e9:.2f} GB (+{(r['export_peak'] - r['export_before']) / 1e9:.2f}"
-              f" GB over the resident model) → ratio {exp:.3f} of the parameter bytes")
+        print(
+            f"parameters: {nbytes / 4 / 1e6:.0f} M fp32 = {gb:.2f} GB; mesh (data, fsdp, tensor) = (1, 8, 1) on 8 "
+            "CPU devices"
+        )
+        print(
+            f"import: peak RSS {r['import_peak'] / 1e9:.2f} GB (+{(r['import_peak'] - r['import_before']) / 1e9:.2f}"
+            f" GB over the {r['import_before'] / 1e9:.2f} GB baseline) → ratio {imp:.3f} (target ≤ 1.3)"
+        )
+        print(
+            f"export: peak RSS {r['export_peak'] / 1e9:.2f} GB (+{(r['export_peak'] - r['export_before']) / 1e9:.2f}"
+            f" GB over the resident model) → ratio {exp:.3f} of the parameter bytes"
+        )
 
 
 if __name__ == "__main__":

@@ -32,14 +32,39 @@ def hf_model():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-6,
-                         max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}),
-        vision_config=dict(depth=8, hidden_size=256, intermediate_size=768, num_heads=4, out_hidden_size=512,
-                           patch_size=14, temporal_patch_size=2, spatial_merge_size=2, in_channels=3,
-                           window_size=112, fullatt_block_indexes=[3, 7], tokens_per_second=2),
-        image_token_id=IMG, video_token_id=253, vision_start_token_id=V_START, vision_end_token_id=V_END)
+        text_config=dict(
+            vocab_size=4096,
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+        ),
+        vision_config=dict(
+            depth=8,
+            hidden_size=256,
+            intermediate_size=768,
+            num_heads=4,
+            out_hidden_size=512,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            in_channels=3,
+            window_size=112,
+            fullatt_block_indexes=[3, 7],
+            tokens_per_second=2,
+        ),
+        image_token_id=IMG,
+        video_token_id=253,
+        vision_start_token_id=V_START,
+        vision_end_token_id=V_END,
+    )
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
@@ -70,8 +95,13 @@ def main():
     mask = np.ones_like(ids)
 
     t_ids = torch.as_tensor(ids)
-    kw = dict(input_ids=t_ids, attention_mask=torch.as_tensor(mask), pixel_values=torch.as_tensor(pv),
-              image_grid_thw=torch.as_tensor(thw), mm_token_type_ids=(t_ids == IMG).int())
+    kw = dict(
+        input_ids=t_ids,
+        attention_mask=torch.as_tensor(mask),
+        pixel_values=torch.as_tensor(pv),
+        image_grid_thw=torch.as_tensor(thw),
+        mm_token_type_ids=(t_ids == IMG).int(),
+    )
 
     def run_ref():
         with torch.no_grad():

@@ -34,14 +34,39 @@ def hf_model(attn: str):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-                         max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}),
-        vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-                           patch_size=14, temporal_patch_size=2, spatial_merge_size=2, in_channels=3,
-                           window_size=56, fullatt_block_indexes=[1], tokens_per_second=2),
-        image_token_id=IMG, video_token_id=253, vision_start_token_id=V_START, vision_end_token_id=V_END)
+        text_config=dict(
+            vocab_size=4096,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=128,
+            intermediate_size=256,
+            num_heads=4,
+            out_hidden_size=256,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            in_channels=3,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        ),
+        image_token_id=IMG,
+        video_token_id=253,
+        vision_start_token_id=V_START,
+        vision_end_token_id=V_END,
+    )
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
@@ -65,8 +90,10 @@ def main():
     pv, thw = hf_pixels([random_image(112, 112, seed=i) for i in range(args.batch)])
     n = int(thw[0].prod()) // 4
     rng = np.random.default_rng(0)
-    prompts = [[1, V_START] + [IMG] * n + [V_END] + rng.integers(300, 4000, size=8 + 2 * i).tolist()
-               for i in range(args.batch)]
+    prompts = [
+        [1, V_START] + [IMG] * n + [V_END] + rng.integers(300, 4000, size=8 + 2 * i).tolist()
+        for i in range(args.batch)
+    ]
     ids, mask = left_pad(prompts)
     total = args.batch * args.new
 
@@ -77,13 +104,21 @@ def main():
         return generate(ours, inputs, 0, cfg)
 
     t_ids = torch.as_tensor(ids, dtype=torch.long)
-    kw = dict(input_ids=t_ids, attention_mask=torch.as_tensor(mask, dtype=torch.long), pixel_values=torch.as_tensor(pv),
-              image_grid_thw=torch.as_tensor(thw), mm_token_type_ids=(t_ids == IMG).int(),
-              max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0)
+    kw = dict(
+        input_ids=t_ids,
+        attention_mask=torch.as_tensor(mask, dtype=torch.long),
+        pixel_values=torch.as_tensor(pv),
+        image_grid_thw=torch.as_tensor(thw),
+        mm_token_type_ids=(t_ids == IMG).int(),
+        max_new_tokens=args.new,
+        min_new_tokens=args.new,
+        do_sample=False,
+        pad_token_id=0,
+    )
 
     def run_ref():
         with torch.no_grad():
-            return ref.generate(**kw)[:, ids.shape[1]:].numpy()
+            return ref.generate(**kw)[:, ids.shape[1] :].numpy()
 
     ours_tokens, ref_tokens = run_ours().tokens, run_ref()  # also warms up / compiles
     agree = float((ours_tokens == ref_tokens).mean())
@@ -97,11 +132,17 @@ def main():
     t_ours = statistics.median(p[0] for p in pairs)
     t_ref = statistics.median(p[1] for p in pairs)
     ratios = sorted(r / o for o, r in pairs)
-    print(f"batch {args.batch} x {args.new} new tokens, prompt {ids.shape[1]} tokens, cpu threads {os.cpu_count()}")
+    print(
+        f"batch {args.batch} x {args.new} new tokens, prompt {ids.shape[1]} tokens, cpu threads {os.cpu_count()}"
+    )
     print(f"transformers generate (sdpa)   {total / t_ref:9.1f} tokens/s   ({t_ref:.3f} s median)")
-    print(f"ours (jit prefill + while_loop) {total / t_ours:8.1f} tokens/s   ({t_ours:.3f} s median, compile excluded)")
-    print(f"speed-up (median of {args.repeats} paired runs) {statistics.median(ratios):5.2f}x   "
-          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    print(
+        f"ours (jit prefill + while_loop) {total / t_ours:8.1f} tokens/s   ({t_ours:.3f} s median, compile excluded)"
+    )
+    print(
+        f"speed-up (median of {args.repeats} paired runs) {statistics.median(ratios):5.2f}x   "
+        f"(range {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
     print(f"greedy tokens identical          {agree * 100:6.1f}%")
 
 

@@ -120,8 +120,20 @@ class _Config:
     heads_major: bool  # caches arrive as [b, hkv, S, d]
 
     @classmethod
-    def make(cls, q_shape, kv_shape, *, causal, scale, block_k, num_splits, in_place, backend, interpret,
-             heads_major=False):
+    def make(
+        cls,
+        q_shape,
+        kv_shape,
+        *,
+        causal,
+        scale,
+        block_k,
+        num_splits,
+        in_place,
+        backend,
+        interpret,
+        heads_major=False,
+    ):
         """``kv_shape`` is always given as ``[b, S, hkv, d]``."""
         b, tq, hq, d = q_shape
         _, s_len, hkv, _ = kv_shape

@@ -23,8 +23,11 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, Perm
 
 
 def _config_args(p: argparse.ArgumentParser, default: str | None):
-    p.add_argument("--config", default=default, help="Python config file defining get_config()"
-                   + (f" (default {default})" if default else ""))
+    p.add_argument(
+        "--config",
+        default=default,
+        help="Python config file defining get_config()" + (f" (default {default})" if default else ""),
+    )
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -33,7 +36,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     while i < len(argv):
         a = argv[i]
         if a.startswith("--config."):
-            body = a[len("--config."):]
+            body = a[len("--config.") :]
             if "=" not in body:
                 if i + 1 >= len(argv):
                     raise ValueError(f"{a} needs a value")
@@ -46,21 +49,32 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r1ov", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Each subcommand has --help.")
+    parser = argparse.ArgumentParser(
+        prog="r1ov",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each subcommand has --help.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="generate formalization data with exact ground truth")
     p.add_argument("--out", required=True, help="output directory for ArrayRecord shards + report.json")
     p.add_argument("--num", type=int, required=True, help="number of items")
     p.add_argument("--types", nargs="*", default=None, help="generator names (default: all)")
-    p.add_argument("--levels", nargs="*", type=int, default=None,
-                   help="difficulty knobs 0-3 (Junior High School .. Social Test) to cycle; default: drawn per item")
+    p.add_argument(
+        "--levels",
+        nargs="*",
+        type=int,
+        default=None,
+        help="difficulty knobs 0-3 (Junior High School .. Social Test) to cycle; default: drawn per item",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
 
-    for name, hlp in (("sft", "supervised fine-tuning on reasoning traces"), ("grpo", "GRPO reinforcement learning")):
+    for name, hlp in (
+        ("sft", "supervised fine-tuning on reasoning traces"),
+        ("grpo", "GRPO reinforcement learning"),
+    ):
         p = sub.add_parser(name, help=hlp)
         _config_args(p, "configs/tiny_cpu.py")
         p.add_argument("--out", default=None, help="run directory (default: config's train.out_dir)")
@@ -72,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval_out")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--compare", nargs=2, metavar=("RESULTS_A", "RESULTS_B"), help="paired comparison of two runs")
+    p.add_argument(
+        "--compare", nargs=2, metavar=("RESULTS_A", "RESULTS_B"), help="paired comparison of two runs"
+    )
 
     p = sub.add_parser("generate", help="answer a prompt about an image")
     p.add_argument("--model", required=True, help="HF folder or run directory")
@@ -126,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_synth(args, overrides):
     from r1ov_jax.data.synth import synthesize
 
-    report = synthesize(args.out, args.num, types=args.types, levels=args.levels, workers=args.workers,
-                        seed=args.seed)
-    print(json.dumps({k: report[k] for k in report if k in ("kept", "generated", "rejected", "seconds")}, indent=2))
+    report = synthesize(
+        args.out, args.num, types=args.types, levels=args.levels, workers=args.workers, seed=args.seed
+    )
+    print(
+        json.dumps(
+            {k: report[k] for k in report if k in ("kept", "generated", "rejected", "seconds")}, indent=2
+        )
+    )
 
 
 def load_any(path: str, dtype=None, attn_impl: str = "xla"):
@@ -142,12 +163,17 @@ def load_any(path: str, dtype=None, attn_impl: str = "xla"):
     dtype = dtype or jnp.float32
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path} does not exist")
-    if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.basename(path.rstrip("/")) == "checkpoints":
+    if (
+        os.path.isdir(os.path.join(path, "checkpoints"))
+        or os.path.basename(path.rstrip("/")) == "checkpoints"
+    ):
         model, tok, _ = load_run(path, dtype=dtype, attn_impl=attn_impl)
         mdir = model.hf_source
     else:
         model, mdir = hf.from_pretrained(path, dtype=dtype, attn_impl=attn_impl), path
-        tok = Tokenizer.from_pretrained(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
+        tok = (
+            Tokenizer.from_pretrained(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
+        )
     if tok is None:
         raise FileNotFoundError(f"{mdir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     return model, tok, image_processor_for(mdir)
@@ -161,8 +187,15 @@ def cmd_generate(args, overrides):
         if not os.path.exists(p):
             raise FileNotFoundError(f"image {p} does not exist")
     images = [open(p, "rb").read() for p in args.image]
-    (text,) = answer_prompts(model, tok, ip, [(images, args.prompt)], max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, seed=args.seed)
+    (text,) = answer_prompts(
+        model,
+        tok,
+        ip,
+        [(images, args.prompt)],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     print(text)
 
 
@@ -172,10 +205,15 @@ def cmd_import_hf(args, overrides):
     from r1ov_jax.train.builders import image_processor_for, save_params_checkpoint, write_model_files
 
     model = hf.from_pretrained(args.model)
-    tok = Tokenizer.from_pretrained(args.model) if os.path.exists(os.path.join(args.model, "tokenizer.json")) else None
+    tok = (
+        Tokenizer.from_pretrained(args.model)
+        if os.path.exists(os.path.join(args.model, "tokenizer.json"))
+        else None
+    )
     has_ip = os.path.exists(os.path.join(args.model, "preprocessor_config.json"))
-    write_model_files(args.out, model, tok, image_processor_for(args.model) if has_ip else None,
-                      side_files_from=args.model)
+    write_model_files(
+        args.out, model, tok, image_processor_for(args.model) if has_ip else None, side_files_from=args.model
+    )
     save_params_checkpoint(args.out, model, 0)
     print(f"imported {args.model} → {args.out} (step 0)")
 
@@ -200,6 +238,7 @@ def _train_command(kind):
         print(cfg)
         result = recipes.run_stage(kind, cfg)
         print(json.dumps(result, indent=2, default=str))
+
     return run
 
 
@@ -208,15 +247,25 @@ def cmd_eval(args, overrides):
 
     if args.compare:
         a, b = args.compare
-        print(format_comparison(compare(a, b), os.path.basename(a.rstrip("/")), os.path.basename(b.rstrip("/"))))
+        print(
+            format_comparison(compare(a, b), os.path.basename(a.rstrip("/")), os.path.basename(b.rstrip("/")))
+        )
         return 0
     if not args.model or not args.data:
         raise ValueError("r1ov eval needs --model and --data (or --compare A B)")
     from r1ov_jax.eval.model_eval import evaluate_model
 
     model, tok, ip = load_any(args.model)
-    summary = evaluate_model(model, tok, ip, args.data, args.out, limit=args.limit, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens)
+    summary = evaluate_model(
+        model,
+        tok,
+        ip,
+        args.data,
+        args.out,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
     from r1ov_jax.eval import format_markdown
 
     print(format_markdown(summary))
@@ -237,8 +286,14 @@ def cmd_demo(args, overrides):
 
 
 COMMANDS = {
-    "synth": cmd_synth, "sft": _train_command("sft"), "grpo": _train_command("grpo"), "eval": cmd_eval,
-    "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf, "demo": cmd_demo,
+    "synth": cmd_synth,
+    "sft": _train_command("sft"),
+    "grpo": _train_command("grpo"),
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "import-hf": cmd_import_hf,
+    "export-hf": cmd_export_hf,
+    "demo": cmd_demo,
 }
 
 if __name__ == "__main__":

@@ -21,11 +21,22 @@ def default_demo_config() -> ml_collections.ConfigDict:
     from r1ov_jax.train.recipes import base_config
 
     cfg = base_config()
-    cfg.demo = ml_collections.ConfigDict(dict(
-        types=("scene",), levels=(0,), train_items=1200, heldout_items=200, rl_items=400, workers=2, seed=0,
-        heldout_seed=10_000_000, rl_seed=20_000_000, vocab_size=800, eval_max_new_tokens=160,
-        eval_batch_size=32,
-    ))
+    cfg.demo = ml_collections.ConfigDict(
+        dict(
+            types=("scene",),
+            levels=(0,),
+            train_items=1200,
+            heldout_items=200,
+            rl_items=400,
+            workers=2,
+            seed=0,
+            heldout_seed=10_000_000,
+            rl_seed=20_000_000,
+            vocab_size=800,
+            eval_max_new_tokens=160,
+            eval_batch_size=32,
+        )
+    )
     cfg.mesh.data = 1  # one device: the tiny model gains nothing from sharding
     p = cfg.pipeline
     p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 24  # ~ 120x180 px: 24 merged image tokens
@@ -35,12 +46,27 @@ def default_demo_config() -> ml_collections.ConfigDict:
     p.max_prompt_len, p.max_prompt_patches = 128, 4 * 96  # static prompt shapes: the sampler compiles once
     p.sft_suffix = True  # one prompt format for SFT, GRPO and evaluation
     cfg.model.preset = "tiny"
-    cfg.model.text = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                                                    num_attention_heads=4, num_key_value_heads=2,
-                                                    mrope_section=(4, 6, 6)))
-    cfg.model.vision = ml_collections.ConfigDict(dict(depth=4, hidden_size=64, intermediate_size=192, num_heads=4,
-                                                      out_hidden_size=128, window_size=56,
-                                                      fullatt_block_indexes=(1, 3)))
+    cfg.model.text = ml_collections.ConfigDict(
+        dict(
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=(4, 6, 6),
+        )
+    )
+    cfg.model.vision = ml_collections.ConfigDict(
+        dict(
+            depth=4,
+            hidden_size=64,
+            intermediate_size=192,
+            num_heads=4,
+            out_hidden_size=128,
+            window_size=56,
+            fullatt_block_indexes=(1, 3),
+        )
+    )
     s = cfg.sft
     s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
     s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 300, 10, 100, 100
@@ -69,8 +95,11 @@ def chance_baselines(train_dir: str, heldout_dir: str) -> dict:
 
     def template(rec):
         q = rec.meta.get("query")
-        return json.dumps(q[-1] if isinstance(q, list) and q else rec.meta.get("type"), sort_keys=True)[:80] \
-            if q is not None else rec.meta.get("type", "")
+        return (
+            json.dumps(q[-1] if isinstance(q, list) and q else rec.meta.get("type"), sort_keys=True)[:80]
+            if q is not None
+            else rec.meta.get("type", "")
+        )
 
     answers = collections.defaultdict(collections.Counter)
     for rec in read_records(shard_paths(train_dir)):
@@ -96,17 +125,30 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
 
     model, tok, _ = load_run(run_dir)
     ip = image_processor_for(os.path.join(run_dir, "model"))
-    summary = evaluate_model(model, tok, ip, heldout_dir, out_dir, batch_size=cfg.demo.eval_batch_size,
-                             max_new_tokens=cfg.demo.eval_max_new_tokens, suffix=cfg.pipeline.rl_suffix,
-                             system=None)
+    summary = evaluate_model(
+        model,
+        tok,
+        ip,
+        heldout_dir,
+        out_dir,
+        batch_size=cfg.demo.eval_batch_size,
+        max_new_tokens=cfg.demo.eval_max_new_tokens,
+        suffix=cfg.pipeline.rl_suffix,
+        system=None,
+    )
     recs = load_results(out_dir)
     acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
     fmt = sum(format_reward(r["output"]) for r in recs) / max(len(recs), 1)
     # held-out reward with the training weights (format + accuracy), comparable between SFT and GRPO
     w = cfg.rl.grpo.reward_weights
-    return {"accuracy": acc, "format_rate": fmt, "reward": w.get("format", 0) * fmt + w.get("accuracy", 0) * acc,
-            "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
-            "n": len(recs), "ci95": summary["overall"].get("ci95")}
+    return {
+        "accuracy": acc,
+        "format_rate": fmt,
+        "reward": w.get("format", 0) * fmt + w.get("accuracy", 0) * acc,
+        "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
+        "n": len(recs),
+        "ci95": summary["overall"].get("ci95"),
+    }
 
 
 def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:
@@ -122,11 +164,21 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     os.makedirs(out, exist_ok=True)
     timings = {}
     data = {k: os.path.join(out, "data", k) for k in ("train", "heldout", "rl")}
-    for key, num, seed in (("train", d.train_items, d.seed), ("heldout", d.heldout_items, d.heldout_seed),
-                           ("rl", d.rl_items, d.rl_seed)):
+    for key, num, seed in (
+        ("train", d.train_items, d.seed),
+        ("heldout", d.heldout_items, d.heldout_seed),
+        ("rl", d.rl_items, d.rl_seed),
+    ):
         if not shard_paths(data[key]):
-            synthesize(data[key], num, types=list(d.types), levels=list(d.levels) or None, workers=d.workers,
-                       seed=seed, progress=progress)
+            synthesize(
+                data[key],
+                num,
+                types=list(d.types),
+                levels=list(d.levels) or None,
+                workers=d.workers,
+                seed=seed,
+                progress=progress,
+            )
     timings["synth_s"] = time.perf_counter() - t0
 
     tok_prefix = os.path.join(out, "tokenizer", "sp")
@@ -153,11 +205,20 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
 
     model, tok, _ = load_run(grpo_dir)
     hf.save_pretrained(model, os.path.join(out, "hf"), side_files_from=os.path.join(grpo_dir, "model"))
-    plots = [plot_metrics(os.path.join(sft_dir, "metrics.jsonl"), ["train/loss", "eval/loss", "train/token_acc"],
-                          os.path.join(out, "sft_curves.png"), "SFT"),
-             plot_metrics(os.path.join(grpo_dir, "metrics.jsonl"),
-                          ["grpo/reward", "grpo/format_rate", "grpo/accuracy", "grpo/kl", "grpo/completion_len"],
-                          os.path.join(out, "grpo_curves.png"), "GRPO")]
+    plots = [
+        plot_metrics(
+            os.path.join(sft_dir, "metrics.jsonl"),
+            ["train/loss", "eval/loss", "train/token_acc"],
+            os.path.join(out, "sft_curves.png"),
+            "SFT",
+        ),
+        plot_metrics(
+            os.path.join(grpo_dir, "metrics.jsonl"),
+            ["grpo/reward", "grpo/format_rate", "grpo/accuracy", "grpo/kl", "grpo/completion_len"],
+            os.path.join(out, "grpo_curves.png"),
+            "GRPO",
+        ),
+    ]
     grpo_rewards = _last_mean(os.path.join(grpo_dir, "metrics.jsonl"), "grpo/reward")
     summary = {
         **chance_baselines(data["train"], data["heldout"]),

@@ -14,15 +14,40 @@ def tiny_hf_config(*, window_size=56, fullatt=(1,), depth=2, tie=False, layers=2
     from transformers import Qwen2_5_VLConfig
 
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, rms_norm_eps=1e-6,
-                         max_position_embeddings=4096, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64,
-                           patch_size=14, temporal_patch_size=2, spatial_merge_size=2, in_channels=3,
-                           window_size=window_size, fullatt_block_indexes=list(fullatt), tokens_per_second=2),
-        image_token_id=IMG, video_token_id=VID, vision_start_token_id=V_START, vision_end_token_id=V_END,
-        tie_word_embeddings=tie)
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=kv_heads,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=4096,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=depth,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=64,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            in_channels=3,
+            window_size=window_size,
+            fullatt_block_indexes=list(fullatt),
+            tokens_per_second=2,
+        ),
+        image_token_id=IMG,
+        video_token_id=VID,
+        vision_start_token_id=V_START,
+        vision_end_token_id=V_END,
+        tie_word_embeddings=tie,
+    )
     cfg._attn_implementation = attn
     cfg.text_config._attn_implementation = attn
     cfg.vision_config._attn_implementation = attn
@@ -81,8 +106,12 @@ def hf_forward(model, input_ids, attention_mask, pixel_values=None, image_grid_t
     import torch
 
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    kw = dict(input_ids=ids, attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long),
-              mm_token_type_ids=(ids == IMG).int(), output_hidden_states=True)
+    kw = dict(
+        input_ids=ids,
+        attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long),
+        mm_token_type_ids=(ids == IMG).int(),
+        output_hidden_states=True,
+    )
     if pixel_values is not None:
         kw["pixel_values"] = torch.as_tensor(pixel_values)
         kw["image_grid_thw"] = torch.as_tensor(image_grid_thw)

@@ -189,10 +189,14 @@ def iter_r1onevision_parquet(
     if missing:
         raise ValueError(f"{path}: parquet lacks column(s) {sorted(missing)}; has {sorted(names)}")
     cols = [c for c in ("id", "image", "conversations") if c in names]
-    rows = (row for batch in pf.iter_batches(batch_size=batch_size, columns=cols) for row in batch.to_pylist())
+    rows = (
+        row for batch in pf.iter_batches(batch_size=batch_size, columns=cols) for row in batch.to_pylist()
+    )
     numbered = ((n, (n, row)) for n, row in enumerate(rows))
     name = os.path.basename(path)
-    yield from accounted(report, numbered, lambda nr: _conversation_row(nr[1], nr[0], report, name).validate())
+    yield from accounted(
+        report, numbered, lambda nr: _conversation_row(nr[1], nr[0], report, name).validate()
+    )
 
 
 def load_r1onevision_parquet(path: str) -> tuple[list[Record], ImportReport]:

@@ -35,8 +35,9 @@ SHARD_PREFIX = "synth.array_record"
 WRITER_OPTIONS = "group_size:1"
 
 
-def make_item(i: int, types: Sequence[str], seed: int, levels: Sequence[int] | None = None
-              ) -> tuple[int, str, bytes | None, str | None]:
+def make_item(
+    i: int, types: Sequence[str], seed: int, levels: Sequence[int] | None = None
+) -> tuple[int, str, bytes | None, str | None]:
     """Item i: (i, type, serialized record or None, reject reason or None). Pure function of its arguments.
 
     ``levels`` (difficulty knobs 0..3) cycle per type round: item i uses ``levels[(i // len(types)) % len(levels)]``;

@@ -25,25 +25,47 @@ def load_items(data: str) -> list[BenchItem]:
     return items
 
 
-def make_generate_fn(model, tokenizer, image_processor, *, max_new_tokens: int, suffix: str | None = PAPER_SUFFIX,
-                     system: str | None = None):
+def make_generate_fn(
+    model,
+    tokenizer,
+    image_processor,
+    *,
+    max_new_tokens: int,
+    suffix: str | None = PAPER_SUFFIX,
+    system: str | None = None,
+):
     def generate_fn(items: list[BenchItem]) -> list[str]:
-        prompts = [([b for b in [it.image_bytes, *it.extra_images] if b], it.prompt_text(suffix)) for it in items]
-        return answer_prompts(model, tokenizer, image_processor, prompts, max_new_tokens=max_new_tokens,
-                              system=system)
+        prompts = [
+            ([b for b in [it.image_bytes, *it.extra_images] if b], it.prompt_text(suffix)) for it in items
+        ]
+        return answer_prompts(
+            model, tokenizer, image_processor, prompts, max_new_tokens=max_new_tokens, system=system
+        )
 
     return generate_fn
 
 
-def evaluate_model(model, tokenizer, image_processor, data, out_dir: str, *, limit: int | None = None,
-                   batch_size: int = 8, max_new_tokens: int = 256, suffix: str | None = PAPER_SUFFIX,
-                   system: str | None = None, progress: bool = True) -> dict:
+def evaluate_model(
+    model,
+    tokenizer,
+    image_processor,
+    data,
+    out_dir: str,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    suffix: str | None = PAPER_SUFFIX,
+    system: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Scores ``data`` (path or list of BenchItems) greedily; writes results.jsonl + score tables to ``out_dir``.
 
     Returns the summary of ``write_reports`` (accuracy with bootstrap CI, grade × category table).
     """
     items = load_items(data) if isinstance(data, str) else list(data)
-    fn = make_generate_fn(model, tokenizer, image_processor, max_new_tokens=max_new_tokens, suffix=suffix,
-                          system=system)
+    fn = make_generate_fn(
+        model, tokenizer, image_processor, max_new_tokens=max_new_tokens, suffix=suffix, system=system
+    )
     records = evaluate(items, fn, out_dir, limit=limit, batch_size=batch_size, progress=progress)
     return write_reports(records, out_dir)

@@ -25,9 +25,21 @@ from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_ours
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 
 # Files copied verbatim from the source folder on export when present.
-SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-              "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
-              "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
 
 
 def weight_files(path: str) -> list[str]:
@@ -59,12 +71,21 @@ def abstract_model(cfg: Qwen25VLConfig) -> Qwen25VL:
 
 
 def flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
-    return {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        ".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
-def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl: str = "xla",
-                    remat: bool = False, mesh=None,
-                    sharding_fn: Callable[[str, tuple], object] | None = None) -> Qwen25VL:
+def from_pretrained(
+    path: str,
+    dtype=jnp.float32,
+    *,
+    param_dtype=None,
+    attn_impl: str = "xla",
+    remat: bool = False,
+    mesh=None,
+    sharding_fn: Callable[[str, tuple], object] | None = None,
+) -> Qwen25VL:
     """Flax NNX Qwen2.5-VL from a local HF folder.
 
     Args:
@@ -87,7 +108,10 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, attn_impl
         rules = rules_for(cfg, mesh)
 
         def sharding_fn(p, shape):
-            return NamedSharding(mesh, logical_to_spec(targets[p].get_metadata()["logical_axes"], rules, mesh, shape))
+            return NamedSharding(
+                mesh, logical_to_spec(targets[p].get_metadata()["logical_axes"], rules, mesh, shape)
+            )
+
     loaded: dict[str, jax.Array] = {}
     errors, unexpected = [], []
     for file in weight_files(path):
@@ -158,8 +182,13 @@ def _gather_hf(x: jax.Array, kind: str, conv_shape) -> np.ndarray:
     return out.reshape(conv_shape) if kind == "conv" else out
 
 
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(jnp.bfloat16): "BF16", np.dtype(np.float16): "F16",
-              np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+_ST_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(jnp.bfloat16): "BF16",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+}
 
 
 def write_safetensors(path: str, entries, metadata: dict | None = None) -> int:
@@ -170,7 +199,11 @@ def write_safetensors(path: str, entries, metadata: dict | None = None) -> int:
     header, offset = {}, 0
     for name, dtype, shape, _ in entries:
         n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": _ST_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     if metadata:
         header["__metadata__"] = metadata
@@ -200,12 +233,21 @@ def parse_size(size: int | str) -> int:
 
 
 def _np_dtype_name(dtype) -> str:
-    return {np.dtype(np.float32): "float32", np.dtype(jnp.bfloat16): "bfloat16",
-            np.dtype(np.float16): "float16"}.get(np.dtype(dtype), "float32")
+    return {
+        np.dtype(np.float32): "float32",
+        np.dtype(jnp.bfloat16): "bfloat16",
+        np.dtype(np.float16): "float16",
+    }.get(np.dtype(dtype), "float32")
 
 
-def save_pretrained(model: Qwen25VL, out_dir: str, max_shard_size: int | str = "5GB", *,
-                    side_files_from: str | None = None, tokenizer=None) -> str:
+def save_pretrained(
+    model: Qwen25VL,
+    out_dir: str,
+    max_shard_size: int | str = "5GB",
+    *,
+    side_files_from: str | None = None,
+    tokenizer=None,
+) -> str:
     """Writes ``out_dir`` so that ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` loads it strictly.
 
     The folder is assembled in a temporary sibling and renamed into place, so a crash never leaves a
@@ -229,23 +271,45 @@ def save_pretrained(model: Qwen25VL, out_dir: str, max_shard_size: int | str = "
     tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
         weight_map, total = {}, 0
-        conv_shape = (cfg.vision.hidden_size, cfg.vision.in_channels, cfg.vision.temporal_patch_size,
-                      cfg.vision.patch_size, cfg.vision.patch_size)
+        conv_shape = (
+            cfg.vision.hidden_size,
+            cfg.vision.in_channels,
+            cfg.vision.temporal_patch_size,
+            cfg.vision.patch_size,
+            cfg.vision.patch_size,
+        )
         for k, paths in enumerate(plan):
-            fname = "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+            fname = (
+                "model.safetensors" if len(plan) == 1 else f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+            )
             entries = []
             for path in paths:
                 name, kind = ours_to_hf(path)
                 var = params[path]
-                shape = conv_shape if kind == "conv" else tuple(var.shape)[::-1] if kind == "linear" else var.shape
-                entries.append((name, np.dtype(var.dtype), tuple(shape),
-                                lambda v=var, k=kind: _gather_hf(v[...], k, conv_shape)))
+                shape = (
+                    conv_shape
+                    if kind == "conv"
+                    else tuple(var.shape)[::-1]
+                    if kind == "linear"
+                    else var.shape
+                )
+                entries.append(
+                    (
+                        name,
+                        np.dtype(var.dtype),
+                        tuple(shape),
+                        lambda v=var, k=kind: _gather_hf(v[...], k, conv_shape),
+                    )
+                )
                 weight_map[name] = fname
             total += write_safetensors(os.path.join(tmp, fname), entries, metadata={"format": "pt"})
         if len(plan) > 1:
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f,
-                          indent=2)
+                json.dump(
+                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                    f,
+                    indent=2,
+                )
         dtype_name = _np_dtype_name(next(iter(params.values())).dtype)
         cfg.save_json(os.path.join(tmp, "config.json"), dtype=dtype_name)
         src = side_files_from or getattr(model, "hf_source", None)

@@ -33,8 +33,11 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("language_model.layers.{i}.self_attn.{p}.bias", "model.layers.{i}.self_attn.{p}.bias", "copy"),
     ("language_model.layers.{i}.mlp.{p}.kernel", "model.layers.{i}.mlp.{p}.weight", "linear"),
     ("language_model.layers.{i}.input_layernorm.scale", "model.layers.{i}.input_layernorm.weight", "copy"),
-    ("language_model.layers.{i}.post_attention_layernorm.scale",
-     "model.layers.{i}.post_attention_layernorm.weight", "copy"),
+    (
+        "language_model.layers.{i}.post_attention_layernorm.scale",
+        "model.layers.{i}.post_attention_layernorm.weight",
+        "copy",
+    ),
     ("language_model.norm.scale", "model.norm.weight", "copy"),
     ("lm_head.kernel", "lm_head.weight", "linear"),
 )
@@ -53,7 +56,10 @@ _OURS = [(_compile(o), h, t) for o, h, t in RULES]
 _HF = [(_compile(h), o, t) for o, h, t in RULES]
 
 # Other HF layouts → the on-disk layout above (transformers 5.x runtime names; 4.52-era names are the same).
-_HF_ALIASES = ((re.compile(r"^model\.visual\."), "visual."), (re.compile(r"^model\.language_model\."), "model."))
+_HF_ALIASES = (
+    (re.compile(r"^model\.visual\."), "visual."),
+    (re.compile(r"^model\.language_model\."), "model."),
+)
 
 
 def _fill(template: str, m: re.Match) -> str:
@@ -95,5 +101,7 @@ def to_ours(value, kind: str, target_shape: tuple[int, ...]):
     elif kind == "conv":
         value = value.reshape(value.shape[0], -1).T
     if tuple(value.shape) != tuple(target_shape):
-        raise ValueError(f"shape {tuple(value.shape)} after '{kind}' transform, expected {tuple(target_shape)}")
+        raise ValueError(
+            f"shape {tuple(value.shape)} after '{kind}' transform, expected {tuple(target_shape)}"
+        )
     return value

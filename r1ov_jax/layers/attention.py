@@ -65,8 +65,15 @@ def xla_attention(q, k, v, mask, *, scale: float, kv_heads_major: bool = False) 
     # Softmax in fp32, normalized after the second matmul (one [rows, tk] pass fewer).
     p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     denom = jnp.sum(p, axis=-1).reshape(b, hkv, g * tq, 1)
-    out = jnp.einsum("bhrk,bhkd->bhrd", p.reshape(b, hkv, g * tq, -1).astype(v.dtype), v,
-                     preferred_element_type=jnp.float32) / denom
+    out = (
+        jnp.einsum(
+            "bhrk,bhkd->bhrd",
+            p.reshape(b, hkv, g * tq, -1).astype(v.dtype),
+            v,
+            preferred_element_type=jnp.float32,
+        )
+        / denom
+    )
     out = out.reshape(b, hkv, g, tq, d).transpose(0, 3, 1, 2, 4).reshape(b, tq, hq, d)
     # Fully masked rows (padding queries) become exact zeros instead of an average of the values.
     return (out * jnp.any(mask, axis=-1)[:, :, None, None]).astype(q.dtype)
@@ -123,11 +130,19 @@ def attention(
         from r1ov_kernels import dispatch  # kernels are optional at import time of the library
 
         return dispatch.attention(
-            q, k, v,
-            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, causal=causal,
-            q_positions=q_positions, kv_positions=kv_positions, scale=scale, kv_heads_major=kv_heads_major,
+            q,
+            k,
+            v,
+            q_segment_ids=q_segment_ids,
+            kv_segment_ids=kv_segment_ids,
+            causal=causal,
+            q_positions=q_positions,
+            kv_positions=kv_positions,
+            scale=scale,
+            kv_heads_major=kv_heads_major,
         )
     if mask is None:
-        mask = make_mask(q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions,
-                         kv_positions=kv_positions)
+        mask = make_mask(
+            q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions, kv_positions=kv_positions
+        )
     return xla_attention(q, k, v, mask, scale=scale, kv_heads_major=kv_heads_major)

@@ -22,8 +22,17 @@ def param(rngs: nnx.Rngs | None, init, shape, axes: tuple[str | None, ...], dtyp
 class Dense(nnx.Module):
     """``y = x @ kernel (+ bias)``; kernel ``[in, out]`` (torch Linear weights are transposed on import)."""
 
-    def __init__(self, din: int, dout: int, *, axes: tuple[str | None, str | None], use_bias: bool,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        din: int,
+        dout: int,
+        *,
+        axes: tuple[str | None, str | None],
+        use_bias: bool,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.kernel = param(rngs, nnx.initializers.normal(0.02), (din, dout), axes, param_dtype)
         self.bias = param(rngs, nnx.initializers.zeros, (dout,), axes[1:], param_dtype) if use_bias else None
         self.dtype = dtype
@@ -49,9 +58,12 @@ class GatedMLP(nnx.Module):
 
 
 class Embed(nnx.Module):
-    def __init__(self, num: int, features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.embedding = param(rngs, nnx.initializers.normal(0.02), (num, features), ("vocab", "embed"),
-                               param_dtype)
+    def __init__(
+        self, num: int, features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs
+    ):
+        self.embedding = param(
+            rngs, nnx.initializers.normal(0.02), (num, features), ("vocab", "embed"), param_dtype
+        )
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:

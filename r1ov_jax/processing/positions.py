@@ -46,7 +46,9 @@ def vision_window_index(image_grid_thw, merge_size: int, window_size: int, patch
     """
     vws = window_size // merge_size // patch_size  # window side in merged tokens
     if vws < 1:
-        raise ValueError(f"window_size {window_size} is smaller than one merged token ({merge_size * patch_size} px)")
+        raise ValueError(
+            f"window_size {window_size} is smaller than one merged token ({merge_size * patch_size} px)"
+        )
     unit = merge_size * merge_size
     index, seglens, offset = [], [], 0
     for t, h, w in _grids(image_grid_thw):
@@ -107,7 +109,9 @@ def get_rope_index(
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
     b, length = input_ids.shape
-    mask = np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    mask = (
+        np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    )
     grids = iter(_grids(image_grid_thw)) if image_grid_thw is not None else iter(())
     positions = np.zeros((3, b, length), np.int32)
     deltas = np.zeros((b,), np.int32)
@@ -126,7 +130,9 @@ def get_rope_index(
                 try:
                     t, h, w = next(grids)
                 except StopIteration:
-                    raise ValueError(f"sample {i}: more image-token runs than entries in image_grid_thw") from None
+                    raise ValueError(
+                        f"sample {i}: more image-token runs than entries in image_grid_thw"
+                    ) from None
                 gh, gw = h // merge_size, w // merge_size
                 if t * gh * gw != n:
                     raise ValueError(

@@ -21,8 +21,13 @@ def prompt_messages(num_images: int, text: str, system: str | None = None) -> li
     return ([{"role": "system", "content": system}] if system else []) + msgs
 
 
-def encode_prompts(model, tokenizer: Tokenizer, image_processor: ImageProcessor,
-                   prompts: Sequence[tuple[Sequence[bytes], str]], system: str | None = None) -> dict:
+def encode_prompts(
+    model,
+    tokenizer: Tokenizer,
+    image_processor: ImageProcessor,
+    prompts: Sequence[tuple[Sequence[bytes], str]],
+    system: str | None = None,
+) -> dict:
     """``model.prepare_inputs`` of left-padded chat prompts ending in ``<|im_start|>assistant\\n``."""
     seqs, pixels, grids = [], [], []
     for images, text in prompts:
@@ -32,8 +37,13 @@ def encode_prompts(model, tokenizer: Tokenizer, image_processor: ImageProcessor,
             pixels.append(out["pixel_values"])
             grids.append(out["image_grid_thw"])
             grid = out["image_grid_thw"]
-        tok = tokenize_conversation(prompt_messages(len(images), text, system), tokenizer, grid,
-                                    merge_size=image_processor.merge_size, add_generation_prompt=True)
+        tok = tokenize_conversation(
+            prompt_messages(len(images), text, system),
+            tokenizer,
+            grid,
+            merge_size=image_processor.merge_size,
+            add_generation_prompt=True,
+        )
         seqs.append(tok["input_ids"].tolist())
     ids, mask = left_pad(seqs, tokenizer.pad_id)
     pv = np.concatenate(pixels) if pixels else None
@@ -41,12 +51,26 @@ def encode_prompts(model, tokenizer: Tokenizer, image_processor: ImageProcessor,
     return model.prepare_inputs(ids, mask, pv, thw)
 
 
-def answer_prompts(model, tokenizer: Tokenizer, image_processor: ImageProcessor,
-                   prompts: Sequence[tuple[Sequence[bytes], str]], *, max_new_tokens: int = 128,
-                   temperature: float = 0.0, seed: int = 0, system: str | None = None) -> list[str]:
+def answer_prompts(
+    model,
+    tokenizer: Tokenizer,
+    image_processor: ImageProcessor,
+    prompts: Sequence[tuple[Sequence[bytes], str]],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    system: str | None = None,
+) -> list[str]:
     """Decoded completions (special tokens removed), one per prompt; greedy when temperature is 0."""
     inputs = encode_prompts(model, tokenizer, image_processor, prompts, system)
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                         eos_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+    cfg = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_ids=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
     out = generate(model, inputs, seed, cfg)
-    return [tokenizer.decode(t[:n].tolist(), skip_special_tokens=True) for t, n in zip(out.tokens, out.lengths)]
+    return [
+        tokenizer.decode(t[:n].tolist(), skip_special_tokens=True) for t, n in zip(out.tokens, out.lengths)
+    ]

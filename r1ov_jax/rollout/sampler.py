@@ -109,9 +109,15 @@ def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingCon
         out, cache = model.decode(tok[:, None], decode_positions(start + step), cache)
         return step + 1, out[:, 0], cache, key, done, tokens, logprobs
 
-    init = (jnp.zeros((), jnp.int32), logits, cache, key, jnp.zeros((rows,), bool),
-            jnp.full((rows, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
-            jnp.zeros((rows, cfg.max_new_tokens), jnp.float32))
+    init = (
+        jnp.zeros((), jnp.int32),
+        logits,
+        cache,
+        key,
+        jnp.zeros((rows,), bool),
+        jnp.full((rows, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
+        jnp.zeros((rows, cfg.max_new_tokens), jnp.float32),
+    )
     _, _, _, _, _, tokens, logprobs = jax.lax.while_loop(cond, body, init)
     is_eos = jnp.isin(tokens, eos)
     first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, cfg.max_new_tokens)
@@ -124,8 +130,9 @@ def _generate_jit(graphdef, state, inputs, key, *, cfg, num_samples):
     return _generate(nnx.merge(graphdef, state), inputs, key, cfg=cfg, num_samples=num_samples)
 
 
-def generate(model: Qwen25VL, inputs: dict, key: jax.Array | int, cfg: SamplingConfig,
-             num_samples: int = 1) -> Samples:
+def generate(
+    model: Qwen25VL, inputs: dict, key: jax.Array | int, cfg: SamplingConfig, num_samples: int = 1
+) -> Samples:
     """Samples ``num_samples`` completions per prompt.
 
     Args:
@@ -139,8 +146,12 @@ def generate(model: Qwen25VL, inputs: dict, key: jax.Array | int, cfg: SamplingC
     graphdef, state = nnx.split(model)
     tokens, logprobs, lengths = _generate_jit(graphdef, state, inputs, key, cfg=cfg, num_samples=num_samples)
     b = np.asarray(inputs["input_ids"]).shape[0]
-    return Samples(np.asarray(tokens), np.asarray(logprobs), np.asarray(lengths),
-                   np.repeat(np.arange(b, dtype=np.int32), num_samples))
+    return Samples(
+        np.asarray(tokens),
+        np.asarray(logprobs),
+        np.asarray(lengths),
+        np.repeat(np.arange(b, dtype=np.int32), num_samples),
+    )
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -150,5 +161,5 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.nd
     mask = np.zeros((len(sequences), length), np.int32)
     for i, s in enumerate(sequences):
         if len(s):
-            ids[i, length - len(s):], mask[i, length - len(s):] = s, 1
+            ids[i, length - len(s) :], mask[i, length - len(s) :] = s, 1
     return ids, mask

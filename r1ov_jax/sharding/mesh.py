@@ -33,8 +33,9 @@ def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int 
             raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes product {known}")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
-        raise ValueError(f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {int(np.prod(sizes))} devices, "
-                         f"have {n}")
+        raise ValueError(
+            f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {int(np.prod(sizes))} devices, have {n}"
+        )
     return tuple(sizes)
 
 
@@ -93,8 +94,9 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx
     """Moves an existing model's params onto the mesh (in place)."""
     shardings = param_shardings(model, mesh, rules)
     state = nnx.state(model, nnx.Param)
-    placed = jax.tree.map(lambda v, s: _put(v[...], s), state, shardings,
-                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    placed = jax.tree.map(
+        lambda v, s: _put(v[...], s), state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
     nnx.update(model, placed)
     return model
 
@@ -102,8 +104,10 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx
 def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> nnx.Optimizer:
     """Each optimizer leaf (Adam moments, ...) takes the sharding of the parameter whose path it ends with;
     scalars (counts, step) are replicated."""
-    by_path = {tuple(str(k) for k in path): v[...].sharding
-               for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    by_path = {
+        tuple(str(k) for k in path): v[...].sharding
+        for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def sharding_for(path, value):
@@ -114,8 +118,10 @@ def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> 
                 return s
         return replicated
 
-    flat = [(path, _put(v[...], sharding_for(path, v[...])))
-            for path, v in nnx.to_flat_state(nnx.state(optimizer))]
+    flat = [
+        (path, _put(v[...], sharding_for(path, v[...])))
+        for path, v in nnx.to_flat_state(nnx.state(optimizer))
+    ]
     nnx.update(optimizer, nnx.from_flat_state(flat))
     return optimizer
 
@@ -132,12 +138,15 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     Each process passes its own slice (per-process data sharding); arrays whose batch axis the data axes do
     not divide (vision patches concatenated over the batch, geometry) are replicated.
     """
+
     def put(path, x):
         x = np.asarray(x)
         name = jax.tree_util.keystr(path)
         axis = 1 if name.endswith("['positions']") else 0
-        divisible = x.ndim > axis and (x.shape[axis] * jax.process_count()) % (
-            mesh.shape["data"] * mesh.shape["fsdp"]) == 0
+        divisible = (
+            x.ndim > axis
+            and (x.shape[axis] * jax.process_count()) % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
+        )
         if "vision" in name or "pixel_values" in name or not divisible:
             return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec()), x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, axis), x)
@@ -156,15 +165,19 @@ def initialize_distributed() -> bool:
         try:
             n, pid = int(os.environ["R1OV_NUM_PROCESSES"]), int(os.environ["R1OV_PROCESS_ID"])
         except (KeyError, ValueError):
-            raise ValueError("R1OV_COORDINATOR_ADDRESS is set: R1OV_NUM_PROCESSES and R1OV_PROCESS_ID must be "
-                             "integers too") from None
+            raise ValueError(
+                "R1OV_COORDINATOR_ADDRESS is set: R1OV_NUM_PROCESSES and R1OV_PROCESS_ID must be integers too"
+            ) from None
         if not jax.distributed.is_initialized():
             jax.distributed.initialize(coordinator_address=addr, num_processes=n, process_id=pid)
         return True
     # SLURM with several tasks, GKE/xpk TPU slices, or launchers that ask for it (TPU VM pods: JAX reads the
     # worker list from the metadata server, which no variable here reveals).
-    if (os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
-            or os.environ.get("R1OV_DISTRIBUTED") == "1"):
+    if (
+        os.environ.get("SLURM_NTASKS", "1") != "1"
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+        or os.environ.get("R1OV_DISTRIBUTED") == "1"
+    ):
         if not jax.distributed.is_initialized():
             jax.distributed.initialize()
         return True

@@ -52,12 +52,16 @@ def rules_for(cfg, mesh: Mesh, rules: dict | None = None) -> dict:
     if tp > 1:
         t, v = cfg.text, cfg.vision
         if t.num_key_value_heads % tp:
-            log.warning("num_key_value_heads=%d not divisible by tensor=%d: replicating k/v projections",
-                        t.num_key_value_heads, tp)
+            log.warning(
+                "num_key_value_heads=%d not divisible by tensor=%d: replicating k/v projections",
+                t.num_key_value_heads,
+                tp,
+            )
             rules["kv_heads"] = None
         if t.num_attention_heads % tp:
-            raise ValueError(f"num_attention_heads={t.num_attention_heads} must be divisible by the tensor axis "
-                             f"({tp})")
+            raise ValueError(
+                f"num_attention_heads={t.num_attention_heads} must be divisible by the tensor axis ({tp})"
+            )
         if v.num_heads % tp:
             rules["qkv"] = rules["heads_merged"] = None
     return rules
@@ -105,4 +109,6 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     if ctx is None:
         return x
     mesh, rules = ctx
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules, mesh, x.shape)))
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, logical_to_spec(axes, rules, mesh, x.shape))
+    )

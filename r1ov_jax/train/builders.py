@@ -33,10 +33,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        preset="tiny", hf_path="", init_seed=0, dtype="float32", param_dtype="float32", attn_impl="xla",
-        remat=False, text=ml_collections.ConfigDict(), vision=ml_collections.ConfigDict(),
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            preset="tiny",
+            hf_path="",
+            init_seed=0,
+            dtype="float32",
+            param_dtype="float32",
+            attn_impl="xla",
+            remat=False,
+            text=ml_collections.ConfigDict(),
+            vision=ml_collections.ConfigDict(),
+        )
+    )
 
 
 def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VLConfig:
@@ -50,25 +59,46 @@ def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = No
     vision = dataclasses.replace(cfg.vision, **dict(mc.vision))
     ids = {}
     if tokenizer is not None:
-        text = dataclasses.replace(text, vocab_size=max(text.vocab_size, tokenizer.vocab_size) if mc.preset != "tiny"
-                                   else tokenizer.vocab_size, eos_token_id=tokenizer.eos_id,
-                                   pad_token_id=tokenizer.pad_id, bos_token_id=None)
-        ids = dict(image_token_id=tokenizer.image_pad_id, video_token_id=tokenizer.video_pad_id,
-                   vision_start_token_id=tokenizer.vision_start_id, vision_end_token_id=tokenizer.vision_end_id)
-    return cfg.replace(text=text, vision=vision, dtype=DTYPES[mc.dtype], attn_impl=mc.attn_impl, remat=mc.remat,
-                       **ids)
+        text = dataclasses.replace(
+            text,
+            vocab_size=max(text.vocab_size, tokenizer.vocab_size)
+            if mc.preset != "tiny"
+            else tokenizer.vocab_size,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+            bos_token_id=None,
+        )
+        ids = dict(
+            image_token_id=tokenizer.image_pad_id,
+            video_token_id=tokenizer.video_pad_id,
+            vision_start_token_id=tokenizer.vision_start_id,
+            vision_end_token_id=tokenizer.vision_end_id,
+        )
+    return cfg.replace(
+        text=text, vision=vision, dtype=DTYPES[mc.dtype], attn_impl=mc.attn_impl, remat=mc.remat, **ids
+    )
 
 
 def build_model(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VL:
     """From ``mc.hf_path`` when set (a local HF folder), else randomly initialized from the preset."""
     if mc.hf_path:
-        return hf.from_pretrained(mc.hf_path, dtype=DTYPES[mc.dtype], param_dtype=DTYPES[mc.param_dtype],
-                                  attn_impl=mc.attn_impl, remat=mc.remat)
+        return hf.from_pretrained(
+            mc.hf_path,
+            dtype=DTYPES[mc.dtype],
+            param_dtype=DTYPES[mc.param_dtype],
+            attn_impl=mc.attn_impl,
+            remat=mc.remat,
+        )
     return Qwen25VL(model_config(mc, tokenizer), rngs=nnx.Rngs(mc.init_seed))
 
 
-def write_model_files(run_dir: str, model: Qwen25VL, tokenizer: Tokenizer | None,
-                      image_processor: ImageProcessor | None = None, side_files_from: str | None = None) -> str:
+def write_model_files(
+    run_dir: str,
+    model: Qwen25VL,
+    tokenizer: Tokenizer | None,
+    image_processor: ImageProcessor | None = None,
+    side_files_from: str | None = None,
+) -> str:
     """Writes RUN/model (config.json, tokenizer, preprocessor config); process 0 only in multi-host runs."""
     d = os.path.join(run_dir, "model")
     if jax.process_index() != 0:
@@ -130,17 +160,31 @@ def load_run(path: str, step: int | None = None, dtype=jnp.float32, attn_impl: s
         ckpt.close()
     nnx.update(model, jax.tree.map(jnp.asarray, state["params"]))  # restored leaves may be host NumPy
     model.hf_source = mdir
-    tok = Tokenizer.from_pretrained(mdir) if os.path.exists(os.path.join(mdir, "tokenizer_config.json")) else None
+    tok = (
+        Tokenizer.from_pretrained(mdir)
+        if os.path.exists(os.path.join(mdir, "tokenizer_config.json"))
+        else None
+    )
     return model, tok, step
 
 
 def save_params_checkpoint(run_dir: str, model: Qwen25VL, step: int = 0) -> None:
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), async_save=False)
     try:
-        ckpt.save(step, {"params": nnx.state(model, nnx.Param)}, {"step": step, "data_state": None}, force=True)
+        ckpt.save(
+            step, {"params": nnx.state(model, nnx.Param)}, {"step": step, "data_state": None}, force=True
+        )
     finally:
         ckpt.close()
 
 
-__all__ = ["build_model", "default_model_config", "load_run", "model_config", "resolve_run_dir",
-           "save_params_checkpoint", "write_model_files", "image_processor_for"]
+__all__ = [
+    "build_model",
+    "default_model_config",
+    "load_run",
+    "model_config",
+    "resolve_run_dir",
+    "save_params_checkpoint",
+    "write_model_files",
+    "image_processor_for",
+]

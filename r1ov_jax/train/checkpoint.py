@@ -65,8 +65,12 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                                 enable_async_checkpointing=async_save, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=every,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -78,8 +82,10 @@ class Checkpointer:
     def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
         """Saves when ``step`` is on the interval (or ``force``); meta must be JSON-serializable."""
         return self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
-            force=force)
+            step,
+            args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
+            force=force,
+        )
 
     def restore(self, step: int | None, target: dict, *, partial: bool = False) -> tuple[dict, dict]:
         """Restores onto ``target`` (a pytree of arrays or ShapeDtypeStructs with shardings).
@@ -94,16 +100,29 @@ class Checkpointer:
         if step not in self.all_steps():
             raise CheckpointError(f"{self.directory}: no step {step} (have {self.all_steps()})")
         abstract = jax.tree.map(
-            lambda x: x if isinstance(x, np.ndarray) else
-            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+            lambda x: (
+                x
+                if isinstance(x, np.ndarray)
+                else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+            ),
+            target,
+        )
         try:
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=partial),
-                meta=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        abstract, restore_args=restore_args, partial_restore=partial
+                    ),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
         except Exception as e:  # orbax raises many types; name the folder and step in one clear error
-            raise CheckpointError(f"cannot restore step {step} from {self.directory}: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            raise CheckpointError(
+                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
         _check_same_structure(abstract, out["state"], step, self.directory)
         return out["state"], out["meta"]
 
@@ -119,11 +138,16 @@ def _check_same_structure(expected, got, step, directory):
     e = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
     g = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(got)}
     problems = [f"missing {k}" for k in e if k not in g]
-    problems += [f"{k}: shape {tuple(g[k].shape)} != expected {tuple(e[k].shape)}"
-                 for k in e if k in g and tuple(g[k].shape) != tuple(e[k].shape)]
+    problems += [
+        f"{k}: shape {tuple(g[k].shape)} != expected {tuple(e[k].shape)}"
+        for k in e
+        if k in g and tuple(g[k].shape) != tuple(e[k].shape)
+    ]
     if problems:
-        raise CheckpointError(f"checkpoint step {step} in {directory} does not match the model config: "
-                              + "; ".join(problems[:10]))
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} does not match the model config: "
+            + "; ".join(problems[:10])
+        )
 
 
 def save_json_atomic(path: str, obj) -> None:

@@ -35,10 +35,20 @@ from r1ov_jax.train.optim import make_nnx_optimizer
 
 
 def default_grpo_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        num_generations=8, beta=0.04, epsilon=0.2, num_iterations=1, max_new_tokens=256, temperature=1.0,
-        top_p=1.0, top_k=0, reward_weights={"format": 1.0, "accuracy": 1.0}, skip_zero_advantage=True,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            num_generations=8,
+            beta=0.04,
+            epsilon=0.2,
+            num_iterations=1,
+            max_new_tokens=256,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            reward_weights={"format": 1.0, "accuracy": 1.0},
+            skip_zero_advantage=True,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -83,7 +93,7 @@ def completion_logprobs(model, prompt: dict, completions: jax.Array, comp_mask: 
     positions = jnp.concatenate([pos_prompt, pos_comp], axis=2)
     h, _ = model.language_model(x, positions, segments)
     length = seg_prompt.shape[1]
-    logits = model.logits(h[:, length - 1:length - 1 + t]).astype(jnp.float32)
+    logits = model.logits(h[:, length - 1 : length - 1 + t]).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, -1)
     return jnp.take_along_axis(logp, completions[..., None], -1)[..., 0]
 
@@ -94,8 +104,21 @@ def _logprobs_jit(model, prompt, completions, comp_mask, group):
 
 
 @nnx.jit(static_argnames=("group", "beta", "epsilon", "first_iteration"), donate_argnums=(1,))
-def grpo_update(model, optimizer, prompt, completions, comp_mask, old_logp, ref_logp, advantages, *, group,
-                beta, epsilon, first_iteration):
+def grpo_update(
+    model,
+    optimizer,
+    prompt,
+    completions,
+    comp_mask,
+    old_logp,
+    ref_logp,
+    advantages,
+    *,
+    group,
+    beta,
+    epsilon,
+    first_iteration,
+):
     def loss_fn(m):
         logp = completion_logprobs(m, prompt, completions, comp_mask, group)
         old = jax.lax.stop_gradient(logp) if first_iteration else old_logp
@@ -105,8 +128,11 @@ def grpo_update(model, optimizer, prompt, completions, comp_mask, old_logp, ref_
         diff = ref_logp - logp
         ratio = jnp.exp(logp - old)
         clipped = ((ratio < 1 - epsilon) | (ratio > 1 + epsilon)).astype(jnp.float32)
-        return loss, {"loss": loss, "kl": ((jnp.exp(diff) - diff - 1) * mask).sum() / n,
-                      "clip_frac": (clipped * mask).sum() / n}
+        return loss, {
+            "loss": loss,
+            "kl": ((jnp.exp(diff) - diff - 1) * mask).sum() / n,
+            "clip_frac": (clipped * mask).sum() / n,
+        }
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -114,9 +140,19 @@ def grpo_update(model, optimizer, prompt, completions, comp_mask, old_logp, ref_
 
 
 # --------------------------------------------------------------------------- training loop
-def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[[np.ndarray], str],
-             cfg: ml_collections.ConfigDict, *, out_dir: str, eos_ids: tuple[int, ...], pad_id: int,
-             progress: bool = True, mesh=None) -> dict:
+def run_grpo(
+    model,
+    ref_model,
+    prompt_iter: Iterator[dict],
+    decode_fn: Callable[[np.ndarray], str],
+    cfg: ml_collections.ConfigDict,
+    *,
+    out_dir: str,
+    eos_ids: tuple[int, ...],
+    pad_id: int,
+    progress: bool = True,
+    mesh=None,
+) -> dict:
     """GRPO from the current params of ``model`` (the SFT policy); ``ref_model`` = a frozen copy of the SFT
     policy (``nnx.clone(model)`` before training).
 
@@ -131,8 +167,14 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
     put, ctx = run.put, run.ctx
     if mesh is not None:
         placement(ref_model, None, mesh)
-    sampling = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                              top_p=g.top_p, eos_ids=tuple(eos_ids), pad_id=pad_id)
+    sampling = SamplingConfig(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        eos_ids=tuple(eos_ids),
+        pad_id=pad_id,
+    )
     step, rng = run.start(jax.random.key(tc.seed))
     bar = tqdm(total=tc.steps, initial=step, desc="grpo", disable=not progress, dynamic_ncols=True)
     last = {}
@@ -153,7 +195,9 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
             comps = jnp.asarray(samples.tokens)
             comp_mask = jnp.asarray(np.arange(comps.shape[1])[None] < samples.lengths[:, None])
             with ctx():
-                ref_logp = jax.block_until_ready(_logprobs_jit(ref_model, prompt, comps, comp_mask, group=group))
+                ref_logp = jax.block_until_ready(
+                    _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
+                )
             t2 = time.perf_counter()  # (blocking so the step breakdown is honest; dispatch is async)
             old_logp = None
             # A batch where every group's rewards tie has zero advantages: its only gradient would be the KL
@@ -163,10 +207,20 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                 for it in range(0 if skip else g.num_iterations):
                     if it == 0 and g.num_iterations > 1:  # μ > 1: ratios against the pre-update policy
                         old_logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
-                    aux = grpo_update(model, optimizer, prompt, comps, comp_mask,
-                                      old_logp if old_logp is not None else ref_logp, ref_logp, adv, group=group,
-                                      beta=float(g.beta), epsilon=float(g.epsilon),
-                                      first_iteration=old_logp is None)
+                    aux = grpo_update(
+                        model,
+                        optimizer,
+                        prompt,
+                        comps,
+                        comp_mask,
+                        old_logp if old_logp is not None else ref_logp,
+                        ref_logp,
+                        adv,
+                        group=group,
+                        beta=float(g.beta),
+                        epsilon=float(g.epsilon),
+                        first_iteration=old_logp is None,
+                    )
             if not skip:
                 jax.block_until_ready(aux)
             t3 = time.perf_counter()
@@ -180,11 +234,16 @@ def run_grpo(model, ref_model, prompt_iter: Iterator[dict], decode_fn: Callable[
                 aux = {"loss": 0.0, "kl": kl, "clip_frac": 0.0}
             last = {k: float(v) for k, v in aux.items()}
             last["skipped_update"] = float(skip)
-            last.update(reward=float(rewards["total"].mean()), reward_std=float(rewards["total"].std()),
-                        format_rate=float(rewards.get("format", np.zeros(1)).mean()),
-                        accuracy=float(rewards.get("accuracy", np.zeros(1)).mean()),
-                        completion_len=float(samples.lengths.mean()),
-                        rollout_s=t1 - t0, ref_s=t2 - t1, update_s=t3 - t2)
+            last.update(
+                reward=float(rewards["total"].mean()),
+                reward_std=float(rewards["total"].std()),
+                format_rate=float(rewards.get("format", np.zeros(1)).mean()),
+                accuracy=float(rewards.get("accuracy", np.zeros(1)).mean()),
+                completion_len=float(samples.lengths.mean()),
+                rollout_s=t1 - t0,
+                ref_s=t2 - t1,
+                update_s=t3 - t2,
+            )
             if step % tc.log_every == 0 or step == tc.steps:
                 run.log(step, {f"grpo/{k}": v for k, v in last.items()})
             bar.set_postfix(reward=f"{last['reward']:.2f}", acc=f"{last['accuracy']:.2f}")

@@ -1,14 +1,14 @@
 """What every training loop shares: device placement, checkpoints with exact resume, preemption, metrics.
 
-    run = TrainingRun(out_dir, cfg.train, model, optimizer, data_iter, mesh=mesh)
-    step, rng = run.start(jax.random.key(seed))           # restores the latest checkpoint if there is one
-    while step < steps:
-        with run.ctx():  ...one step...
-        step += 1
-        run.log(step, {...})
-        if run.end_step(step, rng):                        # periodic save; True after a preemption save
-            return {"preempted": True, ...}
-    run.close()
+run = TrainingRun(out_dir, cfg.train, model, optimizer, data_iter, mesh=mesh)
+step, rng = run.start(jax.random.key(seed))           # restores the latest checkpoint if there is one
+while step < steps:
+    with run.ctx():  ...one step...
+    step += 1
+    run.log(step, {...})
+    if run.end_step(step, rng):                        # periodic save; True after a preemption save
+        return {"preempted": True, ...}
+run.close()
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def placement(model, optimizer, mesh):
 
 
 class TrainingRun:
-    def __init__(self, out_dir: str, tc: ml_collections.ConfigDict, model, optimizer, data_iter, *, mesh=None):
+    def __init__(
+        self, out_dir: str, tc: ml_collections.ConfigDict, model, optimizer, data_iter, *, mesh=None
+    ):
         self.tc, self.model, self.optimizer, self.data_iter = tc, model, optimizer, data_iter
         self.put, self.ctx = placement(model, optimizer, mesh)
         self.ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)

@@ -73,8 +73,12 @@ def plot_metrics(jsonl_path: str, keys: list[str], out_png: str, title: str = ""
         ax.plot(xs, ys, marker="." if len(pts) < 40 else None, alpha=0.35 if noisy else 1.0)
         if noisy:  # per-step RL metrics are noisy: overlay a centred moving average
             w = max(3, len(pts) // 8)
-            ax.plot(xs, np.convolve(ys, np.ones(w) / w, mode="same") / np.convolve(np.ones_like(ys), np.ones(w) / w,
-                                                                                  mode="same"), color="C0")
+            ax.plot(
+                xs,
+                np.convolve(ys, np.ones(w) / w, mode="same")
+                / np.convolve(np.ones_like(ys), np.ones(w) / w, mode="same"),
+                color="C0",
+            )
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)

@@ -22,17 +22,31 @@ def param_group(path: tuple) -> str:
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        lr=1e-5, warmup_ratio=0.05, min_lr_ratio=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
-        clip_norm=1.0, grad_accum=1, freeze=(),
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            lr=1e-5,
+            warmup_ratio=0.05,
+            min_lr_ratio=0.0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            clip_norm=1.0,
+            grad_accum=1,
+            freeze=(),
+        )
+    )
 
 
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     warmup = int(round(cfg.warmup_ratio * total_steps))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=max(warmup, 0),
-        decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.min_lr_ratio)
+        init_value=0.0,
+        peak_value=cfg.lr,
+        warmup_steps=max(warmup, 0),
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=cfg.lr * cfg.min_lr_ratio,
+    )
 
 
 def updates(cfg: ml_collections.ConfigDict, steps: int) -> int:
@@ -48,14 +62,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
         raise ValueError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
-        optax.adamw(schedule(cfg, updates(cfg, total_steps)), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay),
+        optax.adamw(
+            schedule(cfg, updates(cfg, total_steps)),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        ),
     )
     if cfg.freeze:
         frozen = set(cfg.freeze)
         tx = optax.multi_transform(
-            {"train": tx, "frozen": optax.set_to_zero()},
-            lambda params: _labels(params, frozen))
+            {"train": tx, "frozen": optax.set_to_zero()}, lambda params: _labels(params, frozen)
+        )
     if cfg.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
     return tx

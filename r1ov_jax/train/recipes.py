@@ -42,7 +42,9 @@ def data_paths(spec: str) -> list[str]:
 def load_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
     path = cfg.tokenizer.path or cfg.model.hf_path
     if not path:
-        raise ValueError("no tokenizer: set tokenizer.path (HF folder or sentencepiece .model) or model.hf_path")
+        raise ValueError(
+            "no tokenizer: set tokenizer.path (HF folder or sentencepiece .model) or model.hf_path"
+        )
     if path.endswith(".model"):
         return Tokenizer.from_sentencepiece(path)
     return Tokenizer.from_pretrained(path)
@@ -90,17 +92,36 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
     tok = load_tokenizer(cfg)
     model = build_model(cfg.model, tok)
     write_model_files(out_dir, model, tok, image_processor(cfg))
-    train_ds = sft_dataset(data_paths(cfg.data.train), tok, per_process(cfg.pipeline),
-                           process_index=jax.process_index(), process_count=jax.process_count())
+    train_ds = sft_dataset(
+        data_paths(cfg.data.train),
+        tok,
+        per_process(cfg.pipeline),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     eval_batches = None
     if cfg.data.get("eval"):
         ev_cfg = per_process(cfg.pipeline)
         ev_cfg.shuffle, ev_cfg.num_epochs = False, 1
-        it = iter(sft_dataset(data_paths(cfg.data.eval), tok, ev_cfg, process_index=jax.process_index(),
-                              process_count=jax.process_count()))
+        it = iter(
+            sft_dataset(
+                data_paths(cfg.data.eval),
+                tok,
+                ev_cfg,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        )
         eval_batches = [b for _, b in zip(range(cfg.sft.eval_batches), it)]
-    return sft_lib.run_sft(model, iter(train_ds), stage_config(cfg, "sft"), out_dir=out_dir,
-                           eval_batches=eval_batches, progress=progress, mesh=mesh)
+    return sft_lib.run_sft(
+        model,
+        iter(train_ds),
+        stage_config(cfg, "sft"),
+        out_dir=out_dir,
+        eval_batches=eval_batches,
+        progress=progress,
+        mesh=mesh,
+    )
 
 
 def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
@@ -113,16 +134,33 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     else:
         tok = load_tokenizer(cfg)
         model = build_model(cfg.model, tok)
-    write_model_files(out_dir, model, tok, image_processor(cfg), side_files_from=getattr(model, "hf_source", None))
+    write_model_files(
+        out_dir, model, tok, image_processor(cfg), side_files_from=getattr(model, "hf_source", None)
+    )
     ref = nnx.clone(model)  # frozen SFT policy for the KL term
-    prompts = grpo_dataset(data_paths(cfg.data.rl or cfg.data.train), tok, per_process(cfg.pipeline),
-                           process_index=jax.process_index(), process_count=jax.process_count())
+    prompts = grpo_dataset(
+        data_paths(cfg.data.rl or cfg.data.train),
+        tok,
+        per_process(cfg.pipeline),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
     def decode(ids):
         return tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
-    return grpo_lib.run_grpo(model, ref, iter(prompts), decode, stage_config(cfg, "rl"), out_dir=out_dir,
-                             eos_ids=(tok.eos_id,), pad_id=tok.pad_id, progress=progress, mesh=mesh)
+    return grpo_lib.run_grpo(
+        model,
+        ref,
+        iter(prompts),
+        decode,
+        stage_config(cfg, "rl"),
+        out_dir=out_dir,
+        eos_ids=(tok.eos_id,),
+        pad_id=tok.pad_id,
+        progress=progress,
+        mesh=mesh,
+    )
 
 
 def run_stage(kind: str, cfg: ml_collections.ConfigDict) -> dict:
@@ -147,11 +185,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     cfg.mesh = default_mesh_config()  # data=-1: pure data parallel over all devices by default
     cfg.model = default_model_config()
-    cfg.sft = ml_collections.ConfigDict(dict(optim=default_optim_config(), train=sft_lib.default_train_config(),
-                                             eval_batches=8))
+    cfg.sft = ml_collections.ConfigDict(
+        dict(optim=default_optim_config(), train=sft_lib.default_train_config(), eval_batches=8)
+    )
     cfg.sft.train.out_dir = "runs/sft"
-    cfg.rl = ml_collections.ConfigDict(dict(optim=default_optim_config(), train=sft_lib.default_train_config(),
-                                            grpo=grpo_lib.default_grpo_config(), init_from=""))
+    cfg.rl = ml_collections.ConfigDict(
+        dict(
+            optim=default_optim_config(),
+            train=sft_lib.default_train_config(),
+            grpo=grpo_lib.default_grpo_config(),
+            init_from="",
+        )
+    )
     cfg.rl.train.out_dir = "runs/grpo"
     cfg.rl.optim.lr = 1e-6
     return cfg

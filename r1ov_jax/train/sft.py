@@ -56,8 +56,16 @@ def eval_step(model, batch):
     return sft_loss(model, batch)[1]
 
 
-def run_sft(model, train_iter: Iterator[dict], cfg: ml_collections.ConfigDict, *, out_dir: str,
-            eval_batches: list[dict] | None = None, progress: bool = True, mesh=None) -> dict:
+def run_sft(
+    model,
+    train_iter: Iterator[dict],
+    cfg: ml_collections.ConfigDict,
+    *,
+    out_dir: str,
+    eval_batches: list[dict] | None = None,
+    progress: bool = True,
+    mesh=None,
+) -> dict:
     """Trains ``model`` in place for ``cfg.train.steps`` steps, resuming from ``out_dir/checkpoints``.
 
     ``train_iter`` may be a Grain iterator (its ``get_state``/``set_state`` make resume exact). Returns the
@@ -106,7 +114,14 @@ def optimizer_lr(cfg, step):
 
 
 def default_train_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        # batch shape lives in the pipeline config (pipeline.batch_size / seq_len), not here
-        steps=100, log_every=10, eval_every=50, ckpt_every=50, keep_checkpoints=2, seed=0,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            # batch shape lives in the pipeline config (pipeline.batch_size / seq_len), not here
+            steps=100,
+            log_every=10,
+            eval_every=50,
+            ckpt_every=50,
+            keep_checkpoints=2,
+            seed=0,
+        )
+    )

@@ -33,7 +33,8 @@ def test_round_trip_sharded_strict(tmp_path, tie):
     shards = [f for f in files if f.endswith(".safetensors")]
     assert len(shards) >= 3 and "model.safetensors.index.json" in files and "tokenizer_config.json" in files
     reloaded, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        out, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+        out, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+    )
     assert info["missing_keys"] == set() or info["missing_keys"] == []
     assert not info["unexpected_keys"] and not info.get("mismatched_keys")
     reloaded.eval()
@@ -55,7 +56,10 @@ def test_runtime_layout_keys_load(tmp_path):
     original = tiny_hf_model(seed=5)
     original.save_pretrained(tmp_path / "a")
     os.remove(tmp_path / "a" / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(tmp_path / "a" / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in original.state_dict().items()},
+        str(tmp_path / "a" / "model.safetensors"),
+    )
     ours = hf.from_pretrained(str(tmp_path / "a"))
     ids, mask, pv, thw = _inputs()
     ref = hf_forward(original, ids, mask, pv, thw).logits.numpy()

@@ -50,8 +50,9 @@ def test_heads_major_cache_matches_reference(case):
     lengths = jnp.asarray(np.r_[0, [bk + 1] * (b - 2), s_len][:b], jnp.int32)
     q_pos = jnp.maximum(lengths[:, None] - tq + jnp.arange(tq)[None], 0).astype(jnp.int32)
     kw = {"q_positions": q_pos, "lengths": lengths, "causal": causal}
-    out = decode_attention(q, heads(k), heads(v), **kw, block_k=bk, num_splits=splits, backend=backend,
-                           kv_heads_major=True)
+    out = decode_attention(
+        q, heads(k), heads(v), **kw, block_k=bk, num_splits=splits, backend=backend, kv_heads_major=True
+    )
     assert_close(out, reference_decode_attention(q, k, v, **kw), FP32_TOL)
     with pytest.raises(ValueError, match="head-major"):
         decode_attention(q, heads(k), heads(v), in_place=True, kv_heads_major=True, backend=backend)
@@ -61,8 +62,9 @@ def test_heads_major_gradient():
     rng = np.random.default_rng(3)
     q, k, v = qkv(rng, 2, 1, 96, 4, 2, 16)
     ids = (None, None, jnp.asarray([[40], [95]], jnp.int32), None)
-    kernel = lambda q, k, v: decode_attention(q, heads(k), heads(v), *ids, causal=True, block_k=32,
-                                              kv_heads_major=True)
+    kernel = lambda q, k, v: decode_attention(
+        q, heads(k), heads(v), *ids, causal=True, block_k=32, kv_heads_major=True
+    )
     reference = lambda q, k, v: reference_decode_attention(q, k, v, *ids, causal=True)
     check_against_reference(kernel, reference, q, k, v, FP32_TOL, rng)
 

@@ -17,7 +17,7 @@ def test_prefill_then_decode_matches_full_forward():
     ids = np.zeros((2, length + new.shape[1]), np.int64)
     mask = np.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, length - len(p):length], mask[i, length - len(p):] = p, 1
+        ids[i, length - len(p) : length], mask[i, length - len(p) :] = p, 1
     ids[:, length:] = new
     full = np.asarray(model(ids, mask, pv, thw))
 
@@ -29,7 +29,7 @@ def test_prefill_then_decode_matches_full_forward():
     np.testing.assert_allclose(np.asarray(last), full[:, length - 1], atol=1e-4)
     nxt = next_positions(inputs["positions"], inputs["segment_ids"])
     for s in range(new.shape[1] - 1):
-        logits, cache = decode(model, new[:, s:s + 1], decode_positions(nxt + s), cache)
+        logits, cache = decode(model, new[:, s : s + 1], decode_positions(nxt + s), cache)
         d = np.abs(np.asarray(logits[:, 0]) - full[:, length + s]).max()
         assert d < 1e-4, f"decode step {s}: {d}"
     assert int(cache["index"]) == length + new.shape[1] - 1

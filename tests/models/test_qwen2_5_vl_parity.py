@@ -10,7 +10,7 @@ import torch
 
 from r1ov_jax.models.qwen2_5_vl.text import mrope_cos_sin  # noqa: F401  (import check of the public module)
 from r1ov_jax.processing.positions import get_rope_index, vision_geometry
-from tests.hf_reference import (IMG, build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model)
+from tests.hf_reference import IMG, build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model
 
 TOL = 1e-4
 
@@ -77,8 +77,8 @@ def test_batch_with_left_padding_and_images(tmp_path):
     ids = np.zeros((2, length), np.int64)
     mask = np.zeros((2, length), np.int64)
     for i, seq in enumerate([a, b]):
-        ids[i, length - len(seq):] = seq
-        mask[i, length - len(seq):] = 1
+        ids[i, length - len(seq) :] = seq
+        mask[i, length - len(seq) :] = 1
     compare_all(ours, ref_model, ids, mask, pv, thw)
 
 
@@ -106,7 +106,9 @@ def test_windows_really_partition_with_full_attention_block(tmp_path):
     ids = np.array([build_ids([1, "img", 2], thw)])
     compare_all(ours, ref_model, ids, np.ones_like(ids), pv, thw)
     with torch.no_grad():
-        out = ref_model.model.visual(torch.as_tensor(pv), grid_thw=torch.as_tensor(thw), output_hidden_states=True)
+        out = ref_model.model.visual(
+            torch.as_tensor(pv), grid_thw=torch.as_tensor(thw), output_hidden_states=True
+        )
     feats, hidden = ours.visual(pv, geo, return_hidden=True)
     assert len(hidden) == len(out.hidden_states) - 1 == 3
     for i, (a, b) in enumerate(zip(hidden, out.hidden_states[1:])):
@@ -136,12 +138,15 @@ def test_get_rope_index_equals_transformers(sizes):
     ids = np.zeros((2, length), np.int64)
     mask = np.zeros_like(ids)
     for i, seq in enumerate([one, two]):
-        ids[i, length - len(seq):], mask[i, length - len(seq):] = seq, 1
+        ids[i, length - len(seq) :], mask[i, length - len(seq) :] = seq, 1
     grids = np.concatenate([thw, thw])
     t_ids = torch.as_tensor(ids)
     ref_pos, ref_delta = ref_model.model.get_rope_index(
-        t_ids, mm_token_type_ids=(t_ids == IMG).int(), image_grid_thw=torch.as_tensor(grids),
-        attention_mask=torch.as_tensor(mask))
+        t_ids,
+        mm_token_type_ids=(t_ids == IMG).int(),
+        image_grid_thw=torch.as_tensor(grids),
+        attention_mask=torch.as_tensor(mask),
+    )
     pos, delta = get_rope_index(ids, grids, mask, image_token_id=IMG)
     np.testing.assert_array_equal(pos, ref_pos.numpy())
     np.testing.assert_array_equal(delta, ref_delta.numpy().reshape(-1))

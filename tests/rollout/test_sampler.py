@@ -70,8 +70,13 @@ def test_top_p_never_samples_outside_nucleus(peaky_model):
     order = np.argsort(-probs)
     top_p = 0.6
     nucleus = set(order[: int(np.searchsorted(np.cumsum(probs[order]), top_p) + 1)].tolist())
-    out = generate(peaky_model, inputs, 2, SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=top_p),
-                   num_samples=2000)
+    out = generate(
+        peaky_model,
+        inputs,
+        2,
+        SamplingConfig(max_new_tokens=1, temperature=1.0, top_p=top_p),
+        num_samples=2000,
+    )
     assert set(out.tokens[:, 0].tolist()) <= nucleus
     assert len(nucleus) >= 2 and len(set(out.tokens[:, 0].tolist())) >= 2
 
@@ -79,7 +84,8 @@ def test_top_p_never_samples_outside_nucleus(peaky_model):
 def test_filter_logits_top_k_and_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     kept = np.isfinite(np.asarray(filter_logits(logits, top_k=2, top_p=1.0))) & (
-        np.asarray(filter_logits(logits, top_k=2, top_p=1.0)) > -1e30)
+        np.asarray(filter_logits(logits, top_k=2, top_p=1.0)) > -1e30
+    )
     assert kept.tolist() == [[True, True, False, False, False]]
     f = np.asarray(filter_logits(logits, top_k=0, top_p=0.7))
     assert (f > -1e30).tolist() == [[True, True, False, False, False]]  # 0.5 + 0.2 reaches 0.7
@@ -90,8 +96,9 @@ def test_eos_stops_and_pads(peaky_model):
     inputs = peaky_model.prepare_inputs(ids)
     free = generate(peaky_model, inputs, 0, SamplingConfig(max_new_tokens=5, temperature=0.0))
     eos = int(free.tokens[0, 2])
-    out = generate(peaky_model, inputs, 0, SamplingConfig(max_new_tokens=5, temperature=0.0, eos_ids=(eos,),
-                                                          pad_id=255))
+    out = generate(
+        peaky_model, inputs, 0, SamplingConfig(max_new_tokens=5, temperature=0.0, eos_ids=(eos,), pad_id=255)
+    )
     first = int(np.flatnonzero(free.tokens[0] == eos)[0])
     assert out.lengths[0] == first + 1
-    assert (out.tokens[0, first + 1:] == 255).all() and (out.logprobs[0, first + 1:] == 0).all()
+    assert (out.tokens[0, first + 1 :] == 255).all() and (out.logprobs[0, first + 1 :] == 0).all()

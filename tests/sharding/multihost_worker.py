@@ -34,7 +34,7 @@ def global_batch(step: int) -> dict:
     rng = np.random.default_rng(1000 + step)
     ids = rng.integers(0, 200, size=(GLOBAL_BATCH, LENGTH)).astype(np.int32)
     loss = np.zeros_like(ids, bool)
-    loss[:, LENGTH // 2:] = True
+    loss[:, LENGTH // 2 :] = True
     pos = np.broadcast_to(np.arange(LENGTH, dtype=np.int32), (3, GLOBAL_BATCH, LENGTH)).copy()
     return {"input_ids": ids, "segment_ids": np.ones_like(ids), "positions": pos, "loss_mask": loss}
 

@@ -24,11 +24,24 @@ def run_job(out_dir, steps, kill_at=0):
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, R1OV_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", R1OV_NUM_PROCESSES="2",
-                   R1OV_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+        env = dict(
+            os.environ,
+            R1OV_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            R1OV_NUM_PROCESSES="2",
+            R1OV_PROCESS_ID=str(pid),
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=ROOT,
+        )
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen([sys.executable, WORKER, str(out_dir), str(steps), str(kill_at)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, WORKER, str(out_dir), str(steps), str(kill_at)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = []
     for p in procs:
         try:
@@ -67,7 +80,8 @@ def test_two_process_preempt_resume_export(tmp_path):
 
     assert main(["export-hf", "--checkpoint", str(tmp_path / "resumed"), "--out", str(tmp_path / "hf")]) == 0
     ref, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(tmp_path / "hf"), dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+        str(tmp_path / "hf"), dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ours, _, step = load_run(str(tmp_path / "resumed"))
     assert step == 6

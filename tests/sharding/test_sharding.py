@@ -10,8 +10,16 @@ import pytest
 from flax import nnx
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
-from r1ov_jax.sharding import (activation_sharding, create_sharded, make_mesh, mesh_shape, rules_for, shard_batch,
-                               shard_model, shard_optimizer)
+from r1ov_jax.sharding import (
+    activation_sharding,
+    create_sharded,
+    make_mesh,
+    mesh_shape,
+    rules_for,
+    shard_batch,
+    shard_model,
+    shard_optimizer,
+)
 from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError, train_state
 from r1ov_jax.train.optim import default_optim_config, make_nnx_optimizer
 from r1ov_jax.train.sft import train_step
@@ -23,7 +31,7 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) d
 
 def _inputs():
     pv, thw = hf_pixels([random_image(56, 56, seed=i) for i in range(8)])
-    rows = [build_ids([1 + i, "img", 5, 6, 7], thw[i:i + 1]) for i in range(8)]
+    rows = [build_ids([1 + i, "img", 5, 6, 7], thw[i : i + 1]) for i in range(8)]
     return np.array(rows), pv, thw
 
 
@@ -49,8 +57,12 @@ def test_sharded_forward_equals_unsharded(shape):
 def _batch():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 200, size=(8, 16)).astype(np.int32)
-    return {"input_ids": ids, "segment_ids": np.ones_like(ids), "loss_mask": np.ones_like(ids, bool),
-            "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (3, 8, 16)).copy()}
+    return {
+        "input_ids": ids,
+        "segment_ids": np.ones_like(ids),
+        "loss_mask": np.ones_like(ids, bool),
+        "positions": np.broadcast_to(np.arange(16, dtype=np.int32), (3, 8, 16)).copy(),
+    }
 
 
 def _train(shape, steps=3):
@@ -73,7 +85,9 @@ def test_gradients_agree_across_meshes():
     def grads(mesh):
         model = create_sharded(_model, mesh)
         with activation_sharding(mesh, rules_for(model.cfg, mesh)):
-            g = nnx.jit(lambda m, b: nnx.grad(lambda m: sft_loss(m, b)[0])(m))(model, shard_batch(_batch(), mesh))
+            g = nnx.jit(lambda m, b: nnx.grad(lambda m: sft_loss(m, b)[0])(m))(
+                model, shard_batch(_batch(), mesh)
+            )
         return [np.asarray(x) for x in jax.tree.leaves(g)]
 
     for x, y in zip(grads(make_mesh(8, 1, 1)), grads(make_mesh(2, 2, 2))):
@@ -86,8 +100,10 @@ def test_optimizer_steps_agree_across_meshes():
     pa = jax.tree.leaves(nnx.state(a, nnx.Param))
     pb = jax.tree.leaves(nnx.state(b, nnx.Param))
     assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(pa, pb)) <= 1e-5
-    moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-                for x, y in zip(pa, jax.tree.leaves(nnx.state(_model(), nnx.Param))))
+    moved = max(
+        float(np.abs(np.asarray(x) - np.asarray(y)).max())
+        for x, y in zip(pa, jax.tree.leaves(nnx.state(_model(), nnx.Param)))
+    )
     assert moved > 1e-3  # the steps really changed the params
 
 
@@ -103,7 +119,9 @@ def test_restore_onto_a_different_mesh(tmp_path):
     state, meta = ckpt.restore(None, train_state(fresh, fresh_opt, None))
     ckpt.close()
     nnx.update(fresh, state["params"])
-    for x, y in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(fresh, nnx.Param))):
+    for x, y in zip(
+        jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(fresh, nnx.Param))
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     leaf = fresh.language_model.layers[0].mlp.gate_proj.kernel[...]
     assert leaf.sharding.mesh.shape == target_mesh.shape and meta["step"] == 2
@@ -180,6 +198,8 @@ def test_sampler_on_a_mesh_matches_single_device():
     mesh = make_mesh(2, 2, 2)
     shard_model(model, mesh)
     with activation_sharding(mesh, rules_for(model.cfg, mesh)):
-        out = generate(model, shard_batch(model.prepare_inputs(ids, None, pv, thw), mesh), 0, cfg, num_samples=2)
+        out = generate(
+            model, shard_batch(model.prepare_inputs(ids, None, pv, thw), mesh), 0, cfg, num_samples=2
+        )
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)

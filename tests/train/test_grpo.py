@@ -69,16 +69,28 @@ def test_gradient_matches_finite_differences():
     jax.config.update("jax_enable_x64", True)
     try:
         lp64 = jnp.asarray(logp, jnp.float64)
-        g = np.asarray(jax.grad(lambda x: grpo_loss(x, jnp.asarray(old, jnp.float64), jnp.asarray(ref, jnp.float64),
-                                                    jnp.asarray(adv, jnp.float64), jnp.asarray(mask, jnp.float64),
-                                                    0.04, 0.2))(lp64))
+        g = np.asarray(
+            jax.grad(
+                lambda x: grpo_loss(
+                    x,
+                    jnp.asarray(old, jnp.float64),
+                    jnp.asarray(ref, jnp.float64),
+                    jnp.asarray(adv, jnp.float64),
+                    jnp.asarray(mask, jnp.float64),
+                    0.04,
+                    0.2,
+                )
+            )(lp64)
+        )
         h = 1e-6
         for i in range(2):
             for t in range(3):
                 e = np.zeros_like(logp, dtype=np.float64)
                 e[i, t] = h
-                num = (numpy_grpo_loss(logp + e, old, ref, adv, mask, 0.04, 0.2)
-                       - numpy_grpo_loss(logp - e, old, ref, adv, mask, 0.04, 0.2)) / (2 * h)
+                num = (
+                    numpy_grpo_loss(logp + e, old, ref, adv, mask, 0.04, 0.2)
+                    - numpy_grpo_loss(logp - e, old, ref, adv, mask, 0.04, 0.2)
+                ) / (2 * h)
                 assert g[i, t] == pytest.approx(num, abs=1e-4), (i, t)
     finally:
         jax.config.update("jax_enable_x64", False)
@@ -112,8 +124,9 @@ def test_short_end_to_end_loop_learns_a_toy_reward(tmp_path):
             return {"inputs": model.prepare_inputs(ids), "answers": ["7", "7"], "choices": [None, None]}
 
     decode = lambda toks: f"<answer>{int(toks[0])}</answer>"  # noqa: E731
-    out = run_grpo(model, ref, Prompts(), decode, cfg, out_dir=str(tmp_path), eos_ids=(), pad_id=0,
-                   progress=False)
+    out = run_grpo(
+        model, ref, Prompts(), decode, cfg, out_dir=str(tmp_path), eos_ids=(), pad_id=0, progress=False
+    )
     from r1ov_jax.train.metrics import read_jsonl
 
     rewards = [r["grpo/reward"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]

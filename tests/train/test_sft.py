@@ -83,5 +83,6 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     a = [r["train/loss"] for r in read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))]
     b = [r["train/loss"] for r in read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))]
     np.testing.assert_allclose(a, b, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(full.lm_head.kernel[...]), np.asarray(resumed.lm_head.kernel[...]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(full.lm_head.kernel[...]), np.asarray(resumed.lm_head.kernel[...]), atol=1e-6
+    )

@@ -15,8 +15,13 @@ from typing import Any
 import jax.numpy as jnp
 
 # Text keys of the flat 4.x layout (everything not vision/top-level belongs to the text model).
-_TOP_LEVEL = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-              "tie_word_embeddings")
+_TOP_LEVEL = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "tie_word_embeddings",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +89,27 @@ class Qwen25VLConfig:
     def __post_init__(self):
         t, v = self.text, self.vision
         if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
-            raise ValueError(f"text: hidden {t.hidden_size}, heads {t.num_attention_heads}, "
-                             f"kv heads {t.num_key_value_heads} do not divide")
+            raise ValueError(
+                f"text: hidden {t.hidden_size}, heads {t.num_attention_heads}, "
+                f"kv heads {t.num_key_value_heads} do not divide"
+            )
         if sum(t.mrope_section) * 2 != t.head_dim:
-            raise ValueError(f"mrope_section {list(t.mrope_section)} must sum to head_dim/2 = {t.head_dim // 2}")
+            raise ValueError(
+                f"mrope_section {list(t.mrope_section)} must sum to head_dim/2 = {t.head_dim // 2}"
+            )
         if v.hidden_size % v.num_heads or v.head_dim % 4:
-            raise ValueError(f"vision: hidden {v.hidden_size} / heads {v.num_heads} must give a head_dim "
-                             "divisible by 4 (2D rope)")
+            raise ValueError(
+                f"vision: hidden {v.hidden_size} / heads {v.num_heads} must give a head_dim "
+                "divisible by 4 (2D rope)"
+            )
         if v.out_hidden_size != t.hidden_size:
-            raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+            raise ValueError(
+                f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}"
+            )
         if any(i >= v.depth for i in v.fullatt_block_indexes):
-            raise ValueError(f"fullatt_block_indexes {list(v.fullatt_block_indexes)} out of range for depth {v.depth}")
+            raise ValueError(
+                f"fullatt_block_indexes {list(v.fullatt_block_indexes)} out of range for depth {v.depth}"
+            )
 
     def replace(self, **kw) -> "Qwen25VLConfig":
         return dataclasses.replace(self, **kw)
@@ -133,17 +148,29 @@ class Qwen25VLConfig:
         text.pop("rope_theta"), text.pop("mrope_section")
         text.update(
             model_type="qwen2_5_vl_text",
-            rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                             "mrope_section": list(t.mrope_section)},
-            use_sliding_window=False, sliding_window=None, max_window_layers=t.num_hidden_layers,
-            layer_types=["full_attention"] * t.num_hidden_layers, attention_dropout=0.0,
-            initializer_range=0.02, use_cache=True, dtype=dtype,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "mrope_section": list(t.mrope_section),
+            },
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=t.num_hidden_layers,
+            layer_types=["full_attention"] * t.num_hidden_layers,
+            attention_dropout=0.0,
+            initializer_range=0.02,
+            use_cache=True,
+            dtype=dtype,
         )
         vision = {f.name: getattr(v, f.name) for f in dataclasses.fields(VisionConfig)}
         vision.pop("rope_theta")
-        vision.update(model_type="qwen2_5_vl", fullatt_block_indexes=list(v.fullatt_block_indexes),
-                      rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta},
-                      initializer_range=0.02, dtype=dtype)
+        vision.update(
+            model_type="qwen2_5_vl",
+            fullatt_block_indexes=list(v.fullatt_block_indexes),
+            rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta},
+            initializer_range=0.02,
+            dtype=dtype,
+        )
         return {
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "model_type": "qwen2_5_vl",
@@ -179,20 +206,56 @@ def qwen2_5_vl_7b(**runtime) -> Qwen25VLConfig:
 
 
 def qwen2_5_vl_3b(**runtime) -> Qwen25VLConfig:
-    text = TextConfig(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                      num_attention_heads=16, num_key_value_heads=2)
-    return Qwen25VLConfig(text=text, vision=VisionConfig(out_hidden_size=2048), tie_word_embeddings=True,
-                          **runtime)
+    text = TextConfig(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+    )
+    return Qwen25VLConfig(
+        text=text, vision=VisionConfig(out_hidden_size=2048), tie_word_embeddings=True, **runtime
+    )
 
 
-def tiny(vocab_size: int = 256, *, image_token_id: int = 252, video_token_id: int = 253,
-         vision_start_token_id: int = 250, vision_end_token_id: int = 251, **runtime) -> Qwen25VLConfig:
+def tiny(
+    vocab_size: int = 256,
+    *,
+    image_token_id: int = 252,
+    video_token_id: int = 253,
+    vision_start_token_id: int = 250,
+    vision_end_token_id: int = 251,
+    **runtime,
+) -> Qwen25VLConfig:
     """A few-hundred-kB model for tests and the CPU demo (mirrors the fact sheet's tiny HF config)."""
-    text = TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3),
-                      max_position_embeddings=4096, bos_token_id=None, eos_token_id=None)
-    vision = VisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64,
-                          window_size=56, fullatt_block_indexes=(1,))
-    return Qwen25VLConfig(text=text, vision=vision, image_token_id=image_token_id,
-                          video_token_id=video_token_id, vision_start_token_id=vision_start_token_id,
-                          vision_end_token_id=vision_end_token_id, **runtime)
+    text = TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mrope_section=(2, 3, 3),
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    vision = VisionConfig(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=4,
+        out_hidden_size=64,
+        window_size=56,
+        fullatt_block_indexes=(1,),
+    )
+    return Qwen25VLConfig(
+        text=text,
+        vision=vision,
+        image_token_id=image_token_id,
+        video_token_id=video_token_id,
+        vision_start_token_id=vision_start_token_id,
+        vision_end_token_id=vision_end_token_id,
+        **runtime,
+    )

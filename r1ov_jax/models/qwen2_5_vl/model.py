@@ -28,12 +28,19 @@ class Qwen25VL(nnx.Module):
         self.visual = VisionTower(cfg, rngs=rngs)
         self.language_model = TextModel(cfg, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = Dense(cfg.text.hidden_size, cfg.text.vocab_size, axes=("embed", "vocab"),
-                                 use_bias=False, dtype=cfg.dtype, rngs=rngs)
+            self.lm_head = Dense(
+                cfg.text.hidden_size,
+                cfg.text.vocab_size,
+                axes=("embed", "vocab"),
+                use_bias=False,
+                dtype=cfg.dtype,
+                rngs=rngs,
+            )
 
     # ------------------------------------------------------------------ host-side preparation
-    def prepare_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                       position_ids=None) -> dict:
+    def prepare_inputs(
+        self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, position_ids=None
+    ) -> dict:
         """NumPy arrays for :meth:`forward` from processor outputs (value-dependent work happens here)."""
         cfg = self.cfg
         ids = np.asarray(input_ids)
@@ -42,31 +49,48 @@ class Qwen25VL(nnx.Module):
         mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
         mask = mask.reshape(ids.shape)
         if (ids == cfg.video_token_id).any():
-            raise ValueError(f"input_ids contain <|video_pad|> (id {cfg.video_token_id}): videos are not supported")
+            raise ValueError(
+                f"input_ids contain <|video_pad|> (id {cfg.video_token_id}): videos are not supported"
+            )
         n_pads = int((ids == cfg.image_token_id).sum())
         n_feats = 0
         if image_grid_thw is not None:
             grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
             n_feats = int(grid.prod(-1).sum()) // cfg.vision.spatial_merge_size**2
         if n_pads != n_feats:
-            raise ValueError(f"input_ids hold {n_pads} <|image_pad|> tokens (id {cfg.image_token_id}) but the "
-                             f"images give {n_feats} features (image_grid_thw.prod() / merge**2)")
+            raise ValueError(
+                f"input_ids hold {n_pads} <|image_pad|> tokens (id {cfg.image_token_id}) but the "
+                f"images give {n_feats} features (image_grid_thw.prod() / merge**2)"
+            )
         if (pixel_values is None) != (image_grid_thw is None):
             raise ValueError("pixel_values and image_grid_thw must be given together")
         if position_ids is None:
-            position_ids, _ = get_rope_index(ids, image_grid_thw, mask, image_token_id=cfg.image_token_id,
-                                             merge_size=cfg.vision.spatial_merge_size)
-        inputs = {"input_ids": ids.astype(np.int32), "segment_ids": mask,
-                  "positions": np.asarray(position_ids, np.int32)}
+            position_ids, _ = get_rope_index(
+                ids,
+                image_grid_thw,
+                mask,
+                image_token_id=cfg.image_token_id,
+                merge_size=cfg.vision.spatial_merge_size,
+            )
+        inputs = {
+            "input_ids": ids.astype(np.int32),
+            "segment_ids": mask,
+            "positions": np.asarray(position_ids, np.int32),
+        }
         if pixel_values is not None:
             pv = np.asarray(pixel_values, np.float32)
             if pv.shape != (int(grid.prod(-1).sum()), cfg.vision.patch_dim):
-                raise ValueError(f"pixel_values has shape {pv.shape}, expected "
-                                 f"({int(grid.prod(-1).sum())}, {cfg.vision.patch_dim}) for image_grid_thw")
+                raise ValueError(
+                    f"pixel_values has shape {pv.shape}, expected "
+                    f"({int(grid.prod(-1).sum())}, {cfg.vision.patch_dim}) for image_grid_thw"
+                )
             inputs["pixel_values"] = pv
-            inputs["vision"] = vision_geometry(grid, merge_size=cfg.vision.spatial_merge_size,
-                                               window_size=cfg.vision.window_size,
-                                               patch_size=cfg.vision.patch_size)
+            inputs["vision"] = vision_geometry(
+                grid,
+                merge_size=cfg.vision.spatial_merge_size,
+                window_size=cfg.vision.window_size,
+                patch_size=cfg.vision.patch_size,
+            )
         return inputs
 
     # ------------------------------------------------------------------ jit-able core
@@ -89,18 +113,28 @@ class Qwen25VL(nnx.Module):
             out = self.lm_head(hidden)
         return constrain(out, ("batch", "length", "act_vocab") if out.ndim == 3 else ("batch", "act_vocab"))
 
-    def forward(self, input_ids, segment_ids, positions, pixel_values=None, vision=None, *,
-                return_hidden: bool = False):
+    def forward(
+        self,
+        input_ids,
+        segment_ids,
+        positions,
+        pixel_values=None,
+        vision=None,
+        *,
+        return_hidden: bool = False,
+    ):
         """Logits ``[b, L, vocab]`` (float32) from prepared inputs (see :meth:`prepare_inputs`)."""
         x = self.embed(input_ids, pixel_values, vision)
         out = self.language_model(x, positions, segment_ids, return_hidden=return_hidden)
         logits = self.logits(out[0]).astype(jnp.float32)
         return (logits, out[2]) if return_hidden else logits
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                 position_ids=None):
-        return self.forward(**self.prepare_inputs(input_ids, attention_mask, pixel_values, image_grid_thw,
-                                                  position_ids))
+    def __call__(
+        self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, position_ids=None
+    ):
+        return self.forward(
+            **self.prepare_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)
+        )
 
     # ------------------------------------------------------------------ KV-cache generation
     def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:

@@ -31,7 +31,9 @@ def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax
     inv_freq = 1.0 / (t.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, b, L, hd/2]
     bounds = np.cumsum((0,) + tuple(t.mrope_section))
-    f = jnp.concatenate([freqs[i % 3, ..., bounds[i]:bounds[i + 1]] for i in range(len(t.mrope_section))], -1)
+    f = jnp.concatenate(
+        [freqs[i % 3, ..., bounds[i] : bounds[i + 1]] for i in range(len(t.mrope_section))], -1
+    )
     emb = jnp.concatenate([f, f], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -39,11 +41,20 @@ def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax
 class TextAttention(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         t = cfg.text
-        self.nq, self.nkv, self.hd, self.impl = t.num_attention_heads, t.num_key_value_heads, t.head_dim, cfg.attn_impl
+        self.nq, self.nkv, self.hd, self.impl = (
+            t.num_attention_heads,
+            t.num_key_value_heads,
+            t.head_dim,
+            cfg.attn_impl,
+        )
         kw = dict(dtype=cfg.dtype, rngs=rngs)
         self.q_proj = Dense(t.hidden_size, self.nq * self.hd, axes=("embed", "q_heads"), use_bias=True, **kw)
-        self.k_proj = Dense(t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw)
-        self.v_proj = Dense(t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw)
+        self.k_proj = Dense(
+            t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw
+        )
+        self.v_proj = Dense(
+            t.hidden_size, self.nkv * self.hd, axes=("embed", "kv_heads"), use_bias=True, **kw
+        )
         self.o_proj = Dense(self.nq * self.hd, t.hidden_size, axes=("q_heads", "embed"), use_bias=False, **kw)
 
     def __call__(self, x, cos, sin, segments, layer_cache=None, mask=None):
@@ -56,8 +67,16 @@ class TextAttention(nnx.Module):
         q = apply_rope(q, cos[:, :, None], sin[:, :, None])
         k = apply_rope(k, cos[:, :, None], sin[:, :, None])
         if layer_cache is None:
-            out = attention(q, k, v, q_segment_ids=segments, kv_segment_ids=segments, causal=True, impl=self.impl,
-                            mask=mask)
+            out = attention(
+                q,
+                k,
+                v,
+                q_segment_ids=segments,
+                kv_segment_ids=segments,
+                causal=True,
+                impl=self.impl,
+                mask=mask,
+            )
             new_cache = None
         else:
             # One buffer per layer, updated in place: a donated cache is never copied inside the decode loop
@@ -67,9 +86,18 @@ class TextAttention(nnx.Module):
             ck = jax.lax.dynamic_update_slice(ck, heads(k), (0, 0, index, 0))
             cv = jax.lax.dynamic_update_slice(cv, heads(v), (0, 0, index, 0))
             q_pos = jnp.broadcast_to(index + jnp.arange(length, dtype=jnp.int32), (b, length))
-            out = attention(q, ck.astype(q.dtype), cv.astype(q.dtype), q_segment_ids=segments,
-                            kv_segment_ids=kv_segments, causal=True, q_positions=q_pos, impl=self.impl,
-                            mask=mask, kv_heads_major=True)
+            out = attention(
+                q,
+                ck.astype(q.dtype),
+                cv.astype(q.dtype),
+                q_segment_ids=segments,
+                kv_segment_ids=kv_segments,
+                causal=True,
+                q_positions=q_pos,
+                impl=self.impl,
+                mask=mask,
+                kv_heads_major=True,
+            )
             new_cache = (ck, cv)
         return self.o_proj(out.reshape(b, length, self.nq * self.hd)), new_cache
 
@@ -113,8 +141,9 @@ class TextModel(nnx.Module):
         hidden = [x]
         if cache is not None:
             length = x.shape[1]
-            kv_segments = jax.lax.dynamic_update_slice(cache["segments"], segments.astype(jnp.int32),
-                                                       (0, cache["index"]))
+            kv_segments = jax.lax.dynamic_update_slice(
+                cache["segments"], segments.astype(jnp.int32), (0, cache["index"])
+            )
             new_k, new_v = [], []
         mask = None
         if resolve_impl(self.cfg.attn_impl) == "xla":  # one mask for all layers (same ids and positions)
@@ -125,7 +154,9 @@ class TextModel(nnx.Module):
                 q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(length, dtype=jnp.int32), (b, length))
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i], kv_segments, cache["index"])
+            layer_cache = (
+                None if cache is None else (cache["k"][i], cache["v"][i], kv_segments, cache["index"])
+            )
             call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
             x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
@@ -145,6 +176,9 @@ def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> dic
     t = cfg.text
     dtype = cfg.dtype if dtype is None else dtype
     shape = (batch, t.num_key_value_heads, max_len, t.head_dim)
-    return {"k": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
-            "v": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
-            "segments": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+    return {
+        "k": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
+        "v": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
+        "segments": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }

@@ -29,10 +29,17 @@ class VisionAttention(nnx.Module):
         v = cfg.vision
         self.num_heads, self.impl = v.num_heads, cfg.attn_impl
         # Rows [0:D] are q, [D:2D] k, [2D:3D] v, each head-major (transformers' qkv layout).
-        self.qkv = Dense(v.hidden_size, 3 * v.hidden_size, axes=("embed", "qkv"), use_bias=True, dtype=cfg.dtype,
-                         rngs=rngs)
-        self.proj = Dense(v.hidden_size, v.hidden_size, axes=("heads_merged", "embed"), use_bias=True,
-                          dtype=cfg.dtype, rngs=rngs)
+        self.qkv = Dense(
+            v.hidden_size, 3 * v.hidden_size, axes=("embed", "qkv"), use_bias=True, dtype=cfg.dtype, rngs=rngs
+        )
+        self.proj = Dense(
+            v.hidden_size,
+            v.hidden_size,
+            axes=("heads_merged", "embed"),
+            use_bias=True,
+            dtype=cfg.dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x, cos, sin, segments):
         n, d = x.shape
@@ -41,8 +48,9 @@ class VisionAttention(nnx.Module):
         q = apply_rope(q.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
         k = apply_rope(k.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
         seg = segments[None]
-        out = attention(q[None], k[None], val[None], q_segment_ids=seg, kv_segment_ids=seg, causal=False,
-                        impl=self.impl)
+        out = attention(
+            q[None], k[None], val[None], q_segment_ids=seg, kv_segment_ids=seg, causal=False, impl=self.impl
+        )
         return self.proj(out.reshape(n, d))
 
 
@@ -66,8 +74,9 @@ class PatchMerger(nnx.Module):
         merged = v.hidden_size * v.spatial_merge_size**2
         self.ln_q = RMSNorm(v.hidden_size, VISION_NORM_EPS)
         self.mlp0 = Dense(merged, merged, axes=("merged", "mlp"), use_bias=True, dtype=cfg.dtype, rngs=rngs)
-        self.mlp2 = Dense(merged, v.out_hidden_size, axes=("mlp", "embed"), use_bias=True, dtype=cfg.dtype,
-                          rngs=rngs)
+        self.mlp2 = Dense(
+            merged, v.out_hidden_size, axes=("mlp", "embed"), use_bias=True, dtype=cfg.dtype, rngs=rngs
+        )
         self.merged = merged
 
     def __call__(self, x):
@@ -81,8 +90,9 @@ class VisionTower(nnx.Module):
         v = cfg.vision
         self.cfg = cfg
         # Conv3d(kernel = stride) == a matmul over flattened (C, T, P, P) patches.
-        self.patch_embed = Dense(v.patch_dim, v.hidden_size, axes=("patch", "embed"), use_bias=False,
-                                 dtype=cfg.dtype, rngs=rngs)
+        self.patch_embed = Dense(
+            v.patch_dim, v.hidden_size, axes=("patch", "embed"), use_bias=False, dtype=cfg.dtype, rngs=rngs
+        )
         self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs) for _ in range(v.depth)])
         self.merger = PatchMerger(cfg, rngs=rngs)
 
@@ -118,7 +128,8 @@ class VisionTower(nnx.Module):
         for i, block in enumerate(self.blocks):
             segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
             x = (nnx.remat(type(block).__call__) if self.cfg.remat else type(block).__call__)(
-                block, x, cos, sin, segments)
+                block, x, cos, sin, segments
+            )
             x = constrain(x, ("patches", "act_embed"))
             hidden.append(x)
         merged = self.merger(x)[geometry["reverse_index"]]
