@@ -28,7 +28,7 @@ RUNTIME = [
 
 TEST = [
     "pytest",
-    "ruff",
+    "ruff==0.17.6",  # pinned: `ruff format --check` is a CI gate and styles differ between releases
     # Parity references only; never imported by the library. CI installs the CPU build of torch first.
     "torch",
     "transformers>=5.0",
@@ -48,6 +48,10 @@ setup(
     packages=find_packages(include=["r1ov_jax", "r1ov_jax.*"]) + ["r1ov_kernels"],
     package_dir={"r1ov_kernels": "kernels"},
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={
+        "test": TEST,
+        # Deviceless TPU compilation (`r1ov preflight`, Mosaic kernel compile tests): libtpu matching our jax.
+        "tpu": ["jax[tpu]"],
+    },
     entry_points={"console_scripts": ["r1ov = r1ov_jax.cli:main"]},
 )

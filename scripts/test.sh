@@ -7,6 +7,8 @@ bash scripts/setup_env.sh || { echo "environment setup failed" >&2; exit 1; }
 . .venv/bin/activate
 export JAX_PLATFORMS=cpu
 python -m ruff check r1ov_jax kernels configs benchmarks tests || { echo "ruff found errors" >&2; exit 1; }
+python -m ruff format --check r1ov_jax kernels configs benchmarks tests \
+  || { echo "unformatted code: run 'ruff format r1ov_jax kernels configs benchmarks tests'" >&2; exit 1; }
 python -m pytest -q "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
