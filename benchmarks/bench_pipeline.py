@@ -26,8 +26,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from r1ov_jax.data.pipeline import default_pipeline_config, sft_dataset
-from r1ov_jax.data.record import Record
-from r1ov_jax.data.synth import read_records, synthesize
+from r1ov_jax.data.record import Record, read_records
+from r1ov_jax.data.synth import synthesize
 from r1ov_jax.processing.tokenizer import make_test_tokenizer
 
 

@@ -15,11 +15,12 @@ User mistakes (missing files, bad formats, config errors) print one ``error:`` l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+from r1ov_jax.errors import InvalidInputError, MissingInputError, UserError
 
 
 def _config_args(p: argparse.ArgumentParser, default: str | None):
@@ -39,7 +40,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
             body = a[len("--config.") :]
             if "=" not in body:
                 if i + 1 >= len(argv):
-                    raise ValueError(f"{a} needs a value")
+                    raise InvalidInputError(f"{a} needs a value")
                 body, i = f"{body}={argv[i + 1]}", i + 1
             overrides.append(body)
         else:
@@ -118,23 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv, overrides = _split_overrides(argv)
-    except ValueError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
     if overrides and not hasattr(args, "config"):
         print(f"error: r1ov {args.command} takes no --config overrides", file=sys.stderr)
         return 2
-    from r1ov_jax.config_utils import ConfigError
-    from r1ov_jax.train.checkpoint import CheckpointError
-
     try:
         return int(COMMANDS[args.command](args, overrides) or 0)
-    except (ConfigError, CheckpointError, *USER_ERRORS) as e:
+    except (
+        UserError
+    ) as e:  # raised where the input is checked; anything else is a bug and keeps its traceback
         if os.environ.get("R1OV_DEBUG"):
             raise
-        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 
@@ -152,79 +151,44 @@ def cmd_synth(args, overrides):
     )
 
 
-def load_any(path: str, dtype=None, attn_impl: str = "xla"):
-    """(model, tokenizer, image processor) from an HF folder or a run directory."""
-    import jax.numpy as jnp
-
-    from r1ov_jax import hf
-    from r1ov_jax.processing.tokenizer import Tokenizer
-    from r1ov_jax.train.builders import image_processor_for, load_run
-
-    dtype = dtype or jnp.float32
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model path {path} does not exist")
-    if (
-        os.path.isdir(os.path.join(path, "checkpoints"))
-        or os.path.basename(path.rstrip("/")) == "checkpoints"
-    ):
-        model, tok, _ = load_run(path, dtype=dtype, attn_impl=attn_impl)
-        mdir = model.hf_source
-    else:
-        model, mdir = hf.from_pretrained(path, dtype=dtype, attn_impl=attn_impl), path
-        tok = (
-            Tokenizer.from_pretrained(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
-        )
-    if tok is None:
-        raise FileNotFoundError(f"{mdir}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    return model, tok, image_processor_for(mdir)
-
-
 def cmd_generate(args, overrides):
-    from r1ov_jax.rollout.chat import answer_prompts
+    from r1ov_jax import runs
+    from r1ov_jax.rollout.chat import RAW, answer_prompts
 
-    model, tok, ip = load_any(args.model)
+    loaded = runs.load(args.model, require_tokenizer=True)
     for p in args.image:
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"image {p} does not exist")
+        if not os.path.isfile(p):
+            raise MissingInputError(f"image {p} does not exist or is not a file")
     images = [open(p, "rb").read() for p in args.image]
     (text,) = answer_prompts(
-        model,
-        tok,
-        ip,
-        [(images, args.prompt)],
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+        loaded.model, loaded.tokenizer, loaded.image_processor, [(images, args.prompt)],
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+        fmt=RAW if loaded.run_dir is None else dataclasses.replace(loaded.prompt_format, suffix=None),
+    )  # fmt: skip
     print(text)
 
 
 def cmd_import_hf(args, overrides):
-    from r1ov_jax import hf
-    from r1ov_jax.processing.tokenizer import Tokenizer
-    from r1ov_jax.train.builders import image_processor_for, save_params_checkpoint, write_model_files
+    from r1ov_jax import runs
 
-    model = hf.from_pretrained(args.model)
-    tok = (
-        Tokenizer.from_pretrained(args.model)
-        if os.path.exists(os.path.join(args.model, "tokenizer.json"))
-        else None
-    )
-    has_ip = os.path.exists(os.path.join(args.model, "preprocessor_config.json"))
-    write_model_files(
-        args.out, model, tok, image_processor_for(args.model) if has_ip else None, side_files_from=args.model
-    )
-    save_params_checkpoint(args.out, model, 0)
+    loaded = runs.load(args.model)
+    has_ip = os.path.exists(os.path.join(args.model, runs.PREPROCESSOR_FILE))
+    runs.create(
+        args.out, loaded.model, loaded.tokenizer, loaded.image_processor if has_ip else None, stage="import",
+        base=args.model,
+    )  # fmt: skip
+    runs.save_params(args.out, loaded.model, 0)
     print(f"imported {args.model} → {args.out} (step 0)")
 
 
 def cmd_export_hf(args, overrides):
-    from r1ov_jax import hf
-    from r1ov_jax.train.builders import load_run
+    from r1ov_jax import hf, runs
 
-    model, _, step = load_run(args.checkpoint, args.step)
-    out = hf.save_pretrained(model, args.out, args.max_shard_size, side_files_from=model.hf_source)
-    print(f"exported step {step} → {out}")
+    loaded = runs.load(args.checkpoint, step=args.step)
+    if loaded.run_dir is None:
+        raise InvalidInputError(f"{args.checkpoint} is an HF folder already; export-hf takes a run directory")
+    out = hf.save_pretrained(loaded.model, args.out, args.max_shard_size, side_files_from=loaded.model_dir)
+    print(f"exported step {loaded.step} → {out}")
 
 
 def _train_command(kind):
@@ -252,19 +216,21 @@ def cmd_eval(args, overrides):
         )
         return 0
     if not args.model or not args.data:
-        raise ValueError("r1ov eval needs --model and --data (or --compare A B)")
+        raise InvalidInputError("r1ov eval needs --model and --data (or --compare A B)")
+    from r1ov_jax import runs
     from r1ov_jax.eval.model_eval import evaluate_model
 
-    model, tok, ip = load_any(args.model)
+    loaded = runs.load(args.model, require_tokenizer=True)
     summary = evaluate_model(
-        model,
-        tok,
-        ip,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.image_processor,
         args.data,
         args.out,
         limit=args.limit,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        fmt=loaded.prompt_format,
     )
     from r1ov_jax.eval import format_markdown
 

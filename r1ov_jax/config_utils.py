@@ -8,9 +8,11 @@ import os
 
 import ml_collections
 
+from r1ov_jax.errors import UserError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(UserError, ValueError):
+    """A config file or override is wrong."""
 
 
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:

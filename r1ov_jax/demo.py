@@ -14,6 +14,7 @@ import time
 
 import ml_collections
 
+from r1ov_jax import runs
 from r1ov_jax.train.checkpoint import save_json_atomic
 
 
@@ -78,7 +79,7 @@ def default_demo_config() -> ml_collections.ConfigDict:
 
 
 def _records_texts(paths):
-    from r1ov_jax.data.synth import read_records
+    from r1ov_jax.data.record import read_records
 
     for rec in read_records(paths):
         yield rec.prompt_text()
@@ -90,7 +91,7 @@ def chance_baselines(train_dir: str, heldout_dir: str) -> dict:
     """Accuracy of guessing: uniformly among the distinct gold answers of the same question template seen in
     training (``chance_accuracy``), and always the most frequent one (``majority_accuracy``, the best a model
     that ignores the image could do)."""
-    from r1ov_jax.data.synth import read_records, shard_paths
+    from r1ov_jax.data.record import read_records, shard_paths
     from r1ov_jax.rewards import verify_answer
 
     def template(rec):
@@ -121,20 +122,17 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
     from r1ov_jax.eval.model_eval import evaluate_model
     from r1ov_jax.eval.runner import load_results
     from r1ov_jax.rewards import format_reward
-    from r1ov_jax.train.builders import image_processor_for, load_run
 
-    model, tok, _ = load_run(run_dir)
-    ip = image_processor_for(os.path.join(run_dir, "model"))
+    loaded = runs.load(run_dir)
     summary = evaluate_model(
-        model,
-        tok,
-        ip,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.image_processor,
         heldout_dir,
         out_dir,
         batch_size=cfg.demo.eval_batch_size,
         max_new_tokens=cfg.demo.eval_max_new_tokens,
-        suffix=cfg.pipeline.rl_suffix,
-        system=None,
+        fmt=loaded.prompt_format,  # the format the run recorded: the one it was trained with
     )
     recs = load_results(out_dir)
     acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
@@ -153,10 +151,10 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
 
 def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:
     from r1ov_jax import hf
-    from r1ov_jax.data.synth import shard_paths, synthesize
+    from r1ov_jax.data.record import shard_paths
+    from r1ov_jax.data.synth import synthesize
     from r1ov_jax.processing.tokenizer import train_sentencepiece
     from r1ov_jax.train import recipes
-    from r1ov_jax.train.builders import load_run
     from r1ov_jax.train.metrics import plot_metrics
 
     t0 = time.perf_counter()
@@ -203,23 +201,23 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     grpo_scores = _eval(grpo_dir, data["heldout"], os.path.join(out, "eval", "grpo"), cfg)
     timings["eval_s"] = time.perf_counter() - t
 
-    model, tok, _ = load_run(grpo_dir)
-    hf.save_pretrained(model, os.path.join(out, "hf"), side_files_from=os.path.join(grpo_dir, "model"))
+    grpo = runs.load(grpo_dir)
+    hf.save_pretrained(grpo.model, os.path.join(out, "hf"), side_files_from=grpo.model_dir)
     plots = [
         plot_metrics(
-            os.path.join(sft_dir, "metrics.jsonl"),
+            runs.metrics_path(sft_dir),
             ["train/loss", "eval/loss", "train/token_acc"],
             os.path.join(out, "sft_curves.png"),
             "SFT",
         ),
         plot_metrics(
-            os.path.join(grpo_dir, "metrics.jsonl"),
+            runs.metrics_path(grpo_dir),
             ["grpo/reward", "grpo/format_rate", "grpo/accuracy", "grpo/kl", "grpo/completion_len"],
             os.path.join(out, "grpo_curves.png"),
             "GRPO",
         ),
     ]
-    grpo_rewards = _last_mean(os.path.join(grpo_dir, "metrics.jsonl"), "grpo/reward")
+    grpo_rewards = _last_mean(runs.metrics_path(grpo_dir), "grpo/reward")
     summary = {
         **chance_baselines(data["train"], data["heldout"]),
         "sft": sft_scores,

@@ -45,7 +45,8 @@ def tiny_hf_dir(tmp_path_factory):
     from r1ov_jax.models.qwen2_5_vl import Qwen25VL
     from r1ov_jax.processing import ImageProcessor
     from r1ov_jax.processing.tokenizer import make_test_tokenizer
-    from r1ov_jax.train.builders import default_model_config, model_config, write_preprocessor_config
+    from r1ov_jax.runs import write_preprocessor_config
+    from r1ov_jax.train.builders import default_model_config, model_config
 
     d = tmp_path_factory.mktemp("m")
     tok = make_test_tokenizer(d / "tok")

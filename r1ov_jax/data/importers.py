@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from r1ov_jax.data.record import Record, RecordError, image_format
 from r1ov_jax.rewards.answers import boxed_contents, parse_choices_field
+from r1ov_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def iter_r1onevision_parquet(
     names = set(pf.schema_arrow.names)
     missing = {"image", "conversations"} - names
     if missing:
-        raise ValueError(f"{path}: parquet lacks column(s) {sorted(missing)}; has {sorted(names)}")
+        raise InvalidInputError(f"{path}: parquet lacks column(s) {sorted(missing)}; has {sorted(names)}")
     cols = [c for c in ("id", "image", "conversations") if c in names]
     rows = (
         row for batch in pf.iter_batches(batch_size=batch_size, columns=cols) for row in batch.to_pylist()
@@ -214,11 +215,11 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: empty file, expected header {BENCH_COLUMNS}")
+            raise InvalidInputError(f"{path}: empty file, expected header {BENCH_COLUMNS}")
         header = [h.strip().lower() for h in header]
         missing = [c for c in BENCH_COLUMNS if c not in header and c != "choices"]
         if missing:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: header lacks column(s) {missing}; expected {BENCH_COLUMNS}, got {header}"
             )
 

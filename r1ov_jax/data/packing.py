@@ -26,7 +26,8 @@ import grain
 import numpy as np
 from grain._src.python.ipc import shared_memory_array
 
-from r1ov_jax.processing.positions import get_rope_index, pad_vision, vision_geometry
+from r1ov_jax.processing.positions import vision_inputs
+from r1ov_jax.processing.prompts import assemble_prompt_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,62 +35,6 @@ SKIP_KEY = "r1ov_skipped"  # key of the per-reason counts inside iterator states
 
 
 # ----------------------------------------------------------------------------------------------- batch assembly
-def _empty_geometry() -> dict:
-    return {
-        "window_index": np.zeros((0,), np.int32),
-        "reverse_index": np.zeros((0,), np.int32),
-        "rope_positions": np.zeros((0, 2), np.int32),
-        "window_segments": np.zeros((0,), np.int32),
-        "full_segments": np.zeros((0,), np.int32),
-    }
-
-
-def vision_inputs(
-    chunks: Sequence[np.ndarray],
-    grids: Sequence[np.ndarray],
-    *,
-    max_patches: int | None,
-    patch_dim: int,
-    merge_size: int,
-    window_size: int,
-    patch_size: int,
-    alloc: Callable[[tuple, Any], np.ndarray] | None = None,
-) -> tuple[np.ndarray, dict]:
-    """``pixel_values`` and ``vision`` geometry of images given in token order.
-
-    With ``max_patches`` the patches are written into one zero-padded ``[max_patches, patch_dim]`` buffer and the
-    geometry is padded with ``pad_vision`` (padding patches: segment 0); otherwise both are the plain concatenation.
-    """
-    n = sum(int(c.shape[0]) for c in chunks)
-    grid = np.concatenate(grids).astype(np.int64) if grids else np.zeros((0, 3), np.int64)
-    geometry = (
-        vision_geometry(grid, merge_size=merge_size, window_size=window_size, patch_size=patch_size)
-        if len(grid)
-        else _empty_geometry()
-    )
-    if max_patches is None:
-        pixels = (
-            np.concatenate(chunks).astype(np.float32, copy=False)
-            if chunks
-            else np.zeros((0, patch_dim), np.float32)
-        )
-        return pixels, geometry
-    if n > max_patches:
-        raise ValueError(f"batch has {n} vision patches but max_patches is {max_patches}")
-    shape = (max_patches, patch_dim)
-    pixels = alloc(shape, np.float32) if alloc is not None else np.empty(shape, np.float32)
-    offset = 0
-    for c in chunks:
-        pixels[offset : offset + len(c)] = c
-        offset += len(c)
-    if alloc is None:  # `alloc` hands out zero-filled memory (fresh shared memory): don't fault its pages in
-        pixels[offset:] = 0
-    # pad_vision pads patches and geometry together; the patches are already in place, so hand it a zero-width
-    # view and keep only the geometry (saves two copies of a buffer that is tens of MB for real image sizes).
-    _, vision = pad_vision(np.empty((n, 0), np.float32), geometry, max_patches, merge_size)
-    return pixels, vision
-
-
 def assemble_packed_batch(
     rows: Sequence[Sequence[dict]],
     *,
@@ -141,57 +86,6 @@ def assemble_packed_batch(
         "positions": positions,
         "pixel_values": pixel_values,
         "vision": vision,
-    }
-
-
-def assemble_prompt_batch(
-    examples: Sequence[dict],
-    *,
-    pad_id: int,
-    image_token_id: int,
-    max_prompt_len: int | None,
-    max_patches: int | None,
-    patch_dim: int,
-    merge_size: int,
-    window_size: int,
-    patch_size: int,
-) -> dict[str, Any]:
-    """Left-padded prompt batch for sampling (GRPO rollouts, evaluation).
-
-    Returns ``{"inputs": {input_ids int32[b, L], segment_ids int32[b, L] (1 valid, 0 pad), positions int32[3, b, L],
-    pixel_values, vision}, "answers", "choices", "ids"}``. L = ``max_prompt_len`` or the longest prompt.
-    ``pixel_values``/``vision`` are padded to ``max_patches`` when it is set (static shapes), else the plain
-    concatenation; without any image (and no ``max_patches``) both keys are absent.
-    """
-    if not examples:
-        raise ValueError("assemble_prompt_batch needs at least one prompt")
-    lengths = [len(ex["input_ids"]) for ex in examples]
-    length = max(lengths) if max_prompt_len is None else int(max_prompt_len)
-    if max(lengths) > length:
-        raise ValueError(f"a prompt has {max(lengths)} tokens but max_prompt_len is {length}")
-    b = len(examples)
-    ids = np.full((b, length), pad_id, np.int32)
-    mask = np.zeros((b, length), np.int32)
-    chunks, grids = [], []
-    for i, ex in enumerate(examples):
-        ids[i, length - lengths[i] :] = ex["input_ids"]
-        mask[i, length - lengths[i] :] = 1
-        if len(ex["grid"]):
-            chunks.append(ex["pixel_values"])
-            grids.append(ex["grid"])
-    grid = np.concatenate(grids) if grids else None
-    positions, _ = get_rope_index(ids, grid, mask, image_token_id=image_token_id, merge_size=merge_size)
-    inputs = {"input_ids": ids, "segment_ids": mask, "positions": positions}
-    if grids or max_patches is not None:
-        inputs["pixel_values"], inputs["vision"] = vision_inputs(
-            chunks, grids, max_patches=max_patches, patch_dim=patch_dim, merge_size=merge_size,
-            window_size=window_size, patch_size=patch_size,
-        )  # fmt: skip
-    return {
-        "inputs": inputs,
-        "answers": [ex["answer"] for ex in examples],
-        "choices": [ex["choices"] for ex in examples],
-        "ids": [ex["id"] for ex in examples],
     }
 
 

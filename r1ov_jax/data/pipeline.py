@@ -40,12 +40,18 @@ from r1ov_jax.data.packing import (
     PromptBatchIterDataset,
     skipped_counts,
 )
-from r1ov_jax.data.record import Record
-from r1ov_jax.data.synth import shard_paths
-from r1ov_jax.processing.chat import tokenize_conversation
+from r1ov_jax.data.record import Record, shard_paths
+from r1ov_jax.processing.prompts import (
+    FORMAT_SUFFIX,
+    SYSTEM_PROMPT,
+    PromptFormat,
+    prompt_messages,
+    tokenize_prompt,
+)
 from r1ov_jax.processing.image import ImageProcessor
 from r1ov_jax.processing.positions import get_rope_index
 from r1ov_jax.processing.tokenizer import Tokenizer
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +59,11 @@ __all__ = [
     "default_pipeline_config",
     "grpo_dataset",
     "prompt_batches",
+    "prompt_format",
     "record_messages",
     "sft_dataset",
     "skipped_counts",
 ]
-
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-# The paper's RL prompt suffix (R1-Onevision, via VLM-R1 / open-r1-multimodal).
-RL_SUFFIX = "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
 
 
 def default_pipeline_config() -> ml_collections.ConfigDict:
@@ -93,8 +96,8 @@ def default_pipeline_config() -> ml_collections.ConfigDict:
             "worker_buffer_size": 2,
             "read_threads": 2,
             "read_buffer_size": 16,
-            "system_prompt": DEFAULT_SYSTEM_PROMPT,
-            "rl_suffix": RL_SUFFIX,
+            "system_prompt": SYSTEM_PROMPT,
+            "rl_suffix": FORMAT_SUFFIX,
             "sft_suffix": False,
             "prompt_batch_size": 8,
             "max_prompt_len": None,
@@ -104,17 +107,20 @@ def default_pipeline_config() -> ml_collections.ConfigDict:
 
 
 # -------------------------------------------------------------------------------------------- record → example
-def record_messages(rec: Record, *, rl_suffix: str | None = None, with_answer: bool) -> list[dict]:
-    """Chat messages of a record: user = its images then the question (+ "\\nChoices:\\nA. ..." for multiple
-    choice, + "\\n" + rl_suffix when given); assistant = ``rec.trace`` when ``with_answer``."""
-    text = rec.prompt_text()
-    if rl_suffix:
-        text = f"{text}\n{rl_suffix}"
-    content = [{"type": "image"} for _ in rec.images] + [{"type": "text", "text": text}]
-    messages = [{"role": "user", "content": content}]
-    if with_answer:
-        messages.append({"role": "assistant", "content": rec.trace})
-    return messages
+def record_messages(
+    rec: Record, *, rl_suffix: str | None = None, with_answer: bool, system: str | None = SYSTEM_PROMPT
+) -> list[dict]:
+    """Chat messages of a record (``processing.prompts.prompt_messages``): [system], user = its images then the
+    question (+ lettered choices, + "\\n" + rl_suffix when given); assistant = ``rec.trace`` when ``with_answer``."""
+    fmt = PromptFormat(system=system, suffix=rl_suffix)
+    answer = rec.trace if with_answer else None
+    return prompt_messages(len(rec.images), rec.question, rec.choices, fmt=fmt, answer=answer)
+
+
+def prompt_format(cfg: ml_collections.ConfigDict, mode: str) -> PromptFormat:
+    """The prompt format of the pipeline config for "sft" or "prompt" (GRPO/eval) examples."""
+    suffix = cfg.rl_suffix if mode == "prompt" or cfg.get("sft_suffix", False) else None
+    return PromptFormat(system=cfg.system_prompt, suffix=suffix)
 
 
 def _image_processor(cfg) -> ImageProcessor:
@@ -151,14 +157,13 @@ class _Example:
 
     def __init__(self, tokenizer: Tokenizer, cfg, mode: str, locate=None):
         if mode not in ("sft", "prompt"):
-            raise ValueError(f"mode must be 'sft' or 'prompt', got {mode!r}")
+            raise InvalidInputError(f"mode must be 'sft' or 'prompt', got {mode!r}")
         self.tokenizer = tokenizer
         self.mode = mode
         self.locate = locate
         self.image_processor = _image_processor(cfg)
-        self.system = cfg.system_prompt
         # sft_suffix: SFT prompts end with the same instruction as GRPO/eval prompts (one prompt format end to end)
-        self.rl_suffix = cfg.rl_suffix if mode == "prompt" or cfg.get("sft_suffix", False) else None
+        self.fmt = prompt_format(cfg, mode)
         self.merge_size = int(cfg.merge_size)
         self.patch_dim = _patch_dim(cfg)
         self.image_token_id = tokenizer.image_pad_id
@@ -184,10 +189,9 @@ class _Example:
                 return skip("bad_image", f"{type(e).__name__}: {e}", rec.id)
             grid, pixels = out["image_grid_thw"], out["pixel_values"]
         try:
-            tok = tokenize_conversation(
-                record_messages(rec, rl_suffix=self.rl_suffix, with_answer=self.mode == "sft"),
-                self.tokenizer, grid if len(grid) else None, merge_size=self.merge_size,
-                add_generation_prompt=self.mode == "prompt", default_system=self.system,
+            tok = tokenize_prompt(
+                self.tokenizer, rec.question, rec.choices, image_grid_thw=grid if len(grid) else None,
+                merge_size=self.merge_size, fmt=self.fmt, answer=rec.trace if self.mode == "sft" else None,
             )  # fmt: skip
         except (ValueError, KeyError) as e:
             return skip("bad_text", f"{type(e).__name__}: {e}", rec.id)
@@ -218,15 +222,15 @@ def _resolve_paths(paths: str | os.PathLike | Sequence[str]) -> list[str]:
         paths = os.fspath(paths)
         paths = shard_paths(paths) if os.path.isdir(paths) else [paths]
         if not paths:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 "no ArrayRecord shards (synth.array_record-*-of-*) in the given directory"
             )
     paths = [os.fspath(p) for p in paths]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"ArrayRecord file(s) not found: {missing}")
+        raise MissingInputError(f"ArrayRecord file(s) not found: {missing}")
     if not paths:
-        raise ValueError("no ArrayRecord paths given")
+        raise InvalidInputError("no ArrayRecord paths given")
     return paths
 
 
@@ -235,9 +239,9 @@ def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) ->
     from array_record.python.array_record_module import ArrayRecordReader
 
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+        raise InvalidInputError(f"process_index must be in [0, {process_count}), got {process_index}")
     if cfg.num_epochs is not None and cfg.num_epochs < 1:
-        raise ValueError(f"num_epochs must be None (forever) or >= 1, got {cfg.num_epochs}")
+        raise InvalidInputError(f"num_epochs must be None (forever) or >= 1, got {cfg.num_epochs}")
     paths = _resolve_paths(paths)
     counts = []
     for p in paths:
@@ -245,7 +249,9 @@ def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) ->
         counts.append(reader.num_records())
         reader.close()
     if sum(counts) < process_count:
-        raise ValueError(f"{sum(counts)} records in {paths} cannot be split over {process_count} processes")
+        raise InvalidInputError(
+            f"{sum(counts)} records in {paths} cannot be split over {process_count} processes"
+        )
     source = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
     # Map on the source so the index is the global record index (for "file:row" in error messages).
     ds = source.map_with_index(_Example(tokenizer, cfg, mode, _Locator(paths, counts)))

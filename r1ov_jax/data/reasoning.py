@@ -15,11 +15,9 @@ import urllib.request
 
 from r1ov_jax.data.record import Record, letter
 from r1ov_jax.data.solvers import Solution, SolveError, solver_for
+from r1ov_jax.processing.prompts import FORMAT_SUFFIX  # the teacher is asked for the format the rewards check
 
 log = logging.getLogger(__name__)
-
-# The paper's RL prompt suffix; the teacher is asked for the same format the rewards check.
-FORMAT_SUFFIX = "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
 
 
 def _same(value: str, choice: str) -> bool:

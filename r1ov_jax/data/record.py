@@ -19,11 +19,20 @@ stay raw bytes (no base64 inflation) and everything else is one JSON object.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import os
 import struct
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from r1ov_jax.errors import InvalidInputError
+from r1ov_jax.processing.prompts import question_text
+
 MAGIC = b"R1OV\x01"
+SHARD_PREFIX = "synth.array_record"
+# ArrayRecord option for random access: one record per chunk group (what grain's docs recommend for reading).
+WRITER_OPTIONS = "group_size:1"
 _U32 = struct.Struct("<I")
 
 # Bench grades (R1-Onevision-Bench `level` column) and categories (`category` column).
@@ -38,7 +47,7 @@ _IMAGE_MAGICS = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(InvalidInputError):
     """A record (or serialized record) is malformed; the message names the record id and the field."""
 
 
@@ -193,8 +202,25 @@ class Record:
 
     # ------------------------------------------------------------------------------------------------------ views
     def prompt_text(self) -> str:
-        """The question as shown to a model: the stem, then lettered options for multiple choice."""
-        if not self.choices:
-            return self.question
-        opts = "\n".join(f"{letter(i)}. {c}" for i, c in enumerate(self.choices))
-        return f"{self.question}\nChoices:\n{opts}"
+        """The question as shown to a model (``processing.prompts.question_text``)."""
+        return question_text(self.question, self.choices)
+
+
+# ----------------------------------------------------------------------------------------------- shard I/O
+def shard_paths(out_dir: str, prefix: str = SHARD_PREFIX) -> list[str]:
+    return sorted(glob.glob(os.path.join(out_dir, f"{prefix}-*-of-*")))
+
+
+def read_records(paths: str | Sequence[str]) -> Iterator[Record]:
+    """All records of ArrayRecord shards (a directory written by `synthesize`, or explicit paths), in order."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    if isinstance(paths, str):
+        paths = shard_paths(paths) if os.path.isdir(paths) else [paths]
+    for p in paths:
+        reader = ArrayRecordReader(p)
+        try:
+            for k in range(reader.num_records()):
+                yield Record.from_bytes(reader.read([k])[0])
+        finally:
+            reader.close()

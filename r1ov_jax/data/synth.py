@@ -12,27 +12,23 @@ Output in ``out_dir``:
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from r1ov_jax.data.filter import check
 from r1ov_jax.data.formalize import GENERATORS, generate
 from r1ov_jax.data.reasoning import make_trace
-from r1ov_jax.data.record import Record
+from r1ov_jax.data.record import SHARD_PREFIX, WRITER_OPTIONS, shard_paths
 from r1ov_jax.data.rewrite import rewrite
 from r1ov_jax.data.solvers import SolveError
+from r1ov_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
-
-SHARD_PREFIX = "synth.array_record"
-# ArrayRecord option for random access: one record per chunk group (what grain's docs recommend for reading).
-WRITER_OPTIONS = "group_size:1"
 
 
 def make_item(
@@ -64,25 +60,6 @@ def _work(args):
     return make_item(*args)
 
 
-def shard_paths(out_dir: str, prefix: str = SHARD_PREFIX) -> list[str]:
-    return sorted(glob.glob(os.path.join(out_dir, f"{prefix}-*-of-*")))
-
-
-def read_records(paths: str | Sequence[str]) -> Iterator[Record]:
-    """All records of ArrayRecord shards (a directory written by `synthesize`, or explicit paths), in order."""
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    if isinstance(paths, str):
-        paths = shard_paths(paths) if os.path.isdir(paths) else [paths]
-    for p in paths:
-        reader = ArrayRecordReader(p)
-        try:
-            for k in range(reader.num_records()):
-                yield Record.from_bytes(reader.read([k])[0])
-        finally:
-            reader.close()
-
-
 def synthesize(
     out_dir: str,
     num: int,
@@ -112,9 +89,11 @@ def synthesize(
     types = list(types) if types else list(GENERATORS)
     unknown = [t for t in types if t not in GENERATORS]
     if unknown:
-        raise ValueError(f"unknown generator type(s) {unknown}; available: {sorted(GENERATORS)}")
+        raise InvalidInputError(f"unknown generator type(s) {unknown}; available: {sorted(GENERATORS)}")
     if num < 0 or workers < 1 or shard_size < 1:
-        raise ValueError(f"need num >= 0, workers >= 1, shard_size >= 1 (got {num}, {workers}, {shard_size})")
+        raise InvalidInputError(
+            f"need num >= 0, workers >= 1, shard_size >= 1 (got {num}, {workers}, {shard_size})"
+        )
     os.makedirs(out_dir, exist_ok=True)
     for old in shard_paths(out_dir):
         os.remove(old)

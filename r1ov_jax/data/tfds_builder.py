@@ -21,14 +21,15 @@ import tensorflow_datasets as tfds
 
 from r1ov_jax.data import importers
 from r1ov_jax.data.record import Record
-from r1ov_jax.data.synth import read_records, shard_paths
+from r1ov_jax.data.record import read_records, shard_paths
+from r1ov_jax.errors import InvalidInputError
 
 
 def iter_source(path: str):
     """Records of one source path (synth output dir/shard, .parquet, .tsv), with a report for imports."""
     if os.path.isdir(path):
         if not shard_paths(path):
-            raise ValueError(f"{path}: directory has no synth shards")
+            raise InvalidInputError(f"{path}: directory has no synth shards")
         yield from read_records(path)
     elif path.endswith(".parquet"):
         yield from importers.iter_r1onevision_parquet(path)
@@ -37,7 +38,9 @@ def iter_source(path: str):
     elif ".array_record" in os.path.basename(path):
         yield from read_records([path])
     else:
-        raise ValueError(f"{path}: unknown source (expected a synth directory/shard, .parquet or .tsv)")
+        raise InvalidInputError(
+            f"{path}: unknown source (expected a synth directory/shard, .parquet or .tsv)"
+        )
 
 
 class R1ovData(tfds.core.GeneratorBasedBuilder):
@@ -69,7 +72,7 @@ class R1ovData(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         if not self._sources:
-            raise ValueError("R1ovData needs sources={'split': [paths]} to prepare")
+            raise InvalidInputError("R1ovData needs sources={'split': [paths]} to prepare")
         return {split: self._generate_examples(paths) for split, paths in self._sources.items()}
 
     def _generate_examples(self, paths):

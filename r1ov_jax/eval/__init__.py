@@ -13,7 +13,6 @@ Typical use (the model side supplies `generate_fn(items) -> list[str]`):
 from r1ov_jax.eval.bench import (
     CATEGORIES,
     GRADES,
-    PAPER_SUFFIX,
     BenchItem,
     items_from_records,
     load_bench,
@@ -29,7 +28,6 @@ from r1ov_jax.eval.stats import bootstrap_mean_ci, compare, format_comparison, m
 __all__ = [
     "CATEGORIES",
     "GRADES",
-    "PAPER_SUFFIX",
     "RESULTS_FILE",
     "AnswerScore",
     "BenchItem",

@@ -30,12 +30,13 @@ import sys
 from collections.abc import Iterable
 
 from r1ov_jax.data.importers import ImportReport, RowError, accounted, decode_image
+from r1ov_jax.processing.prompts import FORMAT_SUFFIX, user_text
 from r1ov_jax.rewards.answers import LETTERS, choices_from_question, clean_choices, parse_choices_field
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 # The paper's table order (R1_ONEVISION.md); other values are appended in sorted order.
 GRADES = ("Junior High School", "High School", "College", "Social Test")
 CATEGORIES = ("Math", "Physics", "Chemistry", "Biology", "Deduction")
-PAPER_SUFFIX = "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
 
 _ID_COLS = ("index", "id", "pid", "question_id")
 _QUESTION_COLS = ("question", "query", "problem")
@@ -68,12 +69,9 @@ class BenchItem:
     def images(self) -> list[bytes]:
         return ([self.image_bytes] if self.image_bytes is not None else []) + list(self.extra_images)
 
-    def prompt_text(self, suffix: str | None = PAPER_SUFFIX) -> str:
-        """Question, then "Choices:\\nA. ..." unless the question already lists them, then the paper's suffix."""
-        text = self.question.strip()
-        if self.choices and not re.search(r"(?m)^\s*\(?A[).:]", text):
-            text += "\nChoices:\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(self.choices))
-        return f"{text}\n{suffix}" if suffix else text
+    def prompt_text(self, suffix: str | None = FORMAT_SUFFIX) -> str:
+        """The user text of the prompt (``processing.prompts.user_text``): question, choices, suffix."""
+        return user_text(self.question, self.choices, suffix)
 
 
 def _pick(row: dict, names: Iterable[str]) -> str:
@@ -192,13 +190,13 @@ def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[Bench
         reader = csv.reader(f, delimiter="\t")
         raw_header = next(reader, None)
         if not raw_header:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: empty file; expected a TSV header such as index, question, answer, image"
             )
         raw_header = [h.strip() for h in raw_header]
         header = [h if re.fullmatch(r"[A-Z]", h) else h.lower() for h in raw_header]
         if not any(c in header for c in _QUESTION_COLS) or not any(c in header for c in _ANSWER_COLS):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: header {raw_header} has no question/answer columns; is this a benchmark TSV?"
             )
 
@@ -257,13 +255,13 @@ def _collect_items(report: ImportReport, rows, to_item) -> list[BenchItem]:
 def load_bench(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
     """Load a benchmark file by extension (.tsv, .jsonl/.json). Returns (items, ImportReport)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"benchmark file not found: {path}")
+        raise MissingInputError(f"benchmark file not found: {path}")
     low = path.lower()
     if low.endswith(".tsv"):
         return load_bench_tsv(path, require_image=require_image)
     if low.endswith((".jsonl", ".json")):
         return load_bench_jsonl(path, require_image=require_image)
-    raise ValueError(f"{path}: unknown benchmark format; expected .tsv (Bench/VLMEvalKit) or .jsonl")
+    raise InvalidInputError(f"{path}: unknown benchmark format; expected .tsv (Bench/VLMEvalKit) or .jsonl")
 
 
 def items_from_records(records) -> list[BenchItem]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from r1ov_jax.eval.bench import BenchItem
 from r1ov_jax.eval.extract import score_answer
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 try:  # POSIX advisory lock; without fcntl (Windows) the lock is skipped
     import fcntl
@@ -32,7 +33,7 @@ def load_results(path: str | os.PathLike) -> list[dict]:
     if p.is_dir():
         p = p / RESULTS_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"results file not found: {p}")
+        raise MissingInputError(f"results file not found: {p}")
     records = []
     with open(p, encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -44,9 +45,9 @@ def load_results(path: str | os.PathLike) -> list[dict]:
         except ValueError:
             if n == len(lines):  # last line without newline: a write cut short
                 break
-            raise ValueError(f"{p}:{n}: not a JSON line") from None
+            raise InvalidInputError(f"{p}:{n}: not a JSON line") from None
         if not isinstance(rec, dict) or "id" not in rec or "correct" not in rec:
-            raise ValueError(f"{p}:{n}: not a results record (needs at least 'id' and 'correct')")
+            raise InvalidInputError(f"{p}:{n}: not a results record (needs at least 'id' and 'correct')")
         records.append(rec)
     return records
 
@@ -74,7 +75,7 @@ def _repair_and_read(path: Path) -> dict[str, dict]:
         try:
             rec = json.loads(line)
         except ValueError:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}:{n}: corrupt line in the middle of the results file; fix or remove it"
             ) from None
         done.setdefault(str(rec["id"]), rec)
@@ -136,7 +137,7 @@ def evaluate(
       The records of the selected items, in item order (earlier runs' records included).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -160,7 +161,7 @@ def evaluate(
         for rid, rec in done.items():
             it = by_id.get(rid)
             if it is not None and "answer" in rec and str(rec["answer"]) != str(it.answer):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}: item {rid!r} was scored against gold {rec['answer']!r} but the data now says "
                     f"{it.answer!r}; use a fresh --out directory for a different data file"
                 )
@@ -171,7 +172,7 @@ def evaluate(
                 batch = list(todo[start : start + batch_size])
                 outputs = generate_fn(batch)
                 if not isinstance(outputs, (list, tuple)) or len(outputs) != len(batch):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"generate_fn returned {type(outputs).__name__} of length "
                         f"{len(outputs) if hasattr(outputs, '__len__') else '?'} for a batch of {len(batch)}"
                     )

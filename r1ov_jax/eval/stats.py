@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
+from r1ov_jax.errors import InvalidInputError
 
 
 def bootstrap_mean_ci(values: Sequence[float], *, n_boot: int = 10_000, seed: int = 0, level: float = 0.95):
@@ -40,7 +41,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     p = min(1, 2 * sum_{k=0}^{min(b,c)} C(b+c, k) / 2^(b+c)); 1.0 when there are no discordant pairs.
     """
     if b < 0 or c < 0:
-        raise ValueError("counts must be non-negative")
+        raise InvalidInputError("counts must be non-negative")
     n = b + c
     if n == 0:
         return 1.0

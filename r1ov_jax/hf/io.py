@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from r1ov_jax.hf.mapping import hf_to_ours, ours_to_hf, to_ours
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 # Files copied verbatim from the source folder on export when present.
 SIDE_FILES = (
@@ -51,18 +52,18 @@ def weight_files(path: str) -> list[str]:
             with open(index) as f:
                 names = sorted(set(json.load(f)["weight_map"].values()))
         except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+            raise InvalidInputError(f"{index}: not a valid safetensors index ({e})") from None
         files = [os.path.join(path, n) for n in names]
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
-            raise FileNotFoundError(f"{index} names shards that are missing: {missing}")
+            raise MissingInputError(f"{index} names shards that are missing: {missing}")
         return files
     if os.path.exists(single):
         return [single]
     found = sorted(f for f in os.listdir(path) if f.endswith(".safetensors")) if os.path.isdir(path) else []
     if found:
         return [os.path.join(path, f) for f in found]
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or *.safetensors")
+    raise MissingInputError(f"{path}: no model.safetensors, model.safetensors.index.json or *.safetensors")
 
 
 def abstract_model(cfg: Qwen25VLConfig) -> Qwen25VL:
@@ -95,7 +96,7 @@ def from_pretrained(
       sharding_fn: alternatively, any ``(our_path, shape) -> jax.sharding.Sharding``.
     """
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder {path} does not exist")
+        raise MissingInputError(f"model folder {path} does not exist")
     param_dtype = dtype if param_dtype is None else param_dtype
     cfg = Qwen25VLConfig.from_json(path, dtype=dtype, attn_impl=attn_impl, remat=remat)
     model = abstract_model(cfg)
@@ -142,10 +143,9 @@ def from_pretrained(
         lines += [f"  missing: {m} (HF name {ours_to_hf(m)[0]})" for m in missing]
         lines += [f"  unexpected tensor: {u}" for u in unexpected]
         lines += [f"  {e}" for e in errors]
-        raise ValueError("\n".join(lines))
+        raise InvalidInputError("\n".join(lines))
     for key, var in targets.items():
         var.value = loaded[key]
-    model.hf_source = os.path.abspath(path)
     return model
 
 
@@ -215,7 +215,9 @@ def write_safetensors(path: str, entries, metadata: dict | None = None) -> int:
         for name, dtype, shape, fetch in entries:
             value = np.ascontiguousarray(fetch())
             if value.dtype != dtype or tuple(value.shape) != tuple(shape):
-                raise ValueError(f"{name}: got {value.dtype}{value.shape}, planned {dtype}{tuple(shape)}")
+                raise InvalidInputError(
+                    f"{name}: got {value.dtype}{value.shape}, planned {dtype}{tuple(shape)}"
+                )
             f.write(value.reshape(-1).view(np.uint8).data)  # no bytes copy of the tensor
             del value
     return offset
@@ -226,7 +228,7 @@ def parse_size(size: int | str) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
     if not m:
-        raise ValueError(f"max_shard_size {size!r}: expected an int or e.g. '5GB', '500MB'")
+        raise InvalidInputError(f"max_shard_size {size!r}: expected an int or e.g. '5GB', '500MB'")
     unit = (m.group(2) or "B").upper()
     mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(float(m.group(1)) * mult)
@@ -312,11 +314,10 @@ def save_pretrained(
                 )
         dtype_name = _np_dtype_name(next(iter(params.values())).dtype)
         cfg.save_json(os.path.join(tmp, "config.json"), dtype=dtype_name)
-        src = side_files_from or getattr(model, "hf_source", None)
-        if src:
+        if side_files_from:
             for name in SIDE_FILES:
-                if os.path.exists(os.path.join(src, name)):
-                    shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+                if os.path.exists(os.path.join(side_files_from, name)):
+                    shutil.copy2(os.path.join(side_files_from, name), os.path.join(tmp, name))
         if tokenizer is not None:
             tokenizer.save(tmp)
         if os.path.exists(out_dir):

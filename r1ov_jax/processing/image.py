@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from r1ov_jax.errors import InvalidInputError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,9 +40,9 @@ def smart_resize(
     Raises ValueError for non-positive sides or an aspect ratio above 200.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"image must have positive height and width, got {height}x{width}")
+        raise InvalidInputError(f"image must have positive height and width, got {height}x{width}")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
+        raise InvalidInputError(
             f"absolute aspect ratio must be at most {MAX_ASPECT_RATIO}, got "
             f"{max(height, width) / min(height, width)} for a {height}x{width} image"
         )
@@ -71,11 +72,11 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
 def _array_to_rgb(array: np.ndarray, index: int) -> np.ndarray:
     """transformers' convert_to_rgb for uint8 HWC arrays (1, 3 or 4 channels; 2-D means grayscale)."""
     if array.dtype != np.uint8:
-        raise ValueError(f"image {index}: numpy images must be uint8 HWC, got dtype {array.dtype}")
+        raise InvalidInputError(f"image {index}: numpy images must be uint8 HWC, got dtype {array.dtype}")
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(
+        raise InvalidInputError(
             f"image {index}: numpy images must be HxW or HxWxC with C in (1, 3, 4), got shape {array.shape}"
         )
     if array.shape[2] == 1:
@@ -93,7 +94,7 @@ def _decode_bytes(data: bytes | bytearray | memoryview, index: int) -> Image.Ima
         image = Image.open(io.BytesIO(bytes(data)))
         image.load()
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
-        raise ValueError(f"image {index}: could not decode {len(data)} bytes as an image ({e})") from e
+        raise InvalidInputError(f"image {index}: could not decode {len(data)} bytes as an image ({e})") from e
     # Raw bytes have not been oriented by anyone yet; transformers' load_image applies EXIF orientation too.
     return ImageOps.exif_transpose(image)
 
@@ -145,13 +146,15 @@ class ImageProcessor:
             ("merge_size", merge_size),
         ]:
             if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if num_threads is not None and (int(num_threads) != num_threads or num_threads < 1):
-            raise ValueError(f"num_threads must be None or a positive integer, got {num_threads!r}")
+            raise InvalidInputError(f"num_threads must be None or a positive integer, got {num_threads!r}")
         if min_pixels > max_pixels:
-            raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
+            raise InvalidInputError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
         if len(image_mean) != 3 or len(image_std) != 3:
-            raise ValueError(f"image_mean and image_std need 3 values (RGB), got {image_mean}, {image_std}")
+            raise InvalidInputError(
+                f"image_mean and image_std need 3 values (RGB), got {image_mean}, {image_std}"
+            )
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
         self.patch_size = int(patch_size)
@@ -208,14 +211,16 @@ class ImageProcessor:
             image = _decode_bytes(image, index)
         if isinstance(image, Image.Image):
             if image.width == 0 or image.height == 0:
-                raise ValueError(f"image {index} is empty ({image.height}x{image.width} pixels)")
+                raise InvalidInputError(f"image {index} is empty ({image.height}x{image.width} pixels)")
             try:
                 return _pil_to_rgb(image)
             except Exception as e:
-                raise ValueError(f"image {index}: cannot convert PIL mode {image.mode!r} to RGB ({e})") from e
+                raise InvalidInputError(
+                    f"image {index}: cannot convert PIL mode {image.mode!r} to RGB ({e})"
+                ) from e
         if isinstance(image, np.ndarray):
             if image.size == 0:
-                raise ValueError(f"image {index} is empty (shape {image.shape})")
+                raise InvalidInputError(f"image {index} is empty (shape {image.shape})")
             return _array_to_rgb(image, index)
         raise TypeError(
             f"image {index}: expected a PIL image, a uint8 numpy array or encoded bytes, got {type(image)}"
@@ -230,7 +235,7 @@ class ImageProcessor:
         try:
             new_h, new_w = self.target_size(height, width)
         except ValueError as e:
-            raise ValueError(f"image {index}: {e}") from e
+            raise InvalidInputError(f"image {index}: {e}") from e
         if (new_h, new_w) != (height, width):
             pil = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
             rgb = pil.resize((new_w, new_h), resample=self.resample)
@@ -283,14 +288,14 @@ class ImageProcessor:
         """
         items = _as_list(images)
         if not items:
-            raise ValueError("no images given")
+            raise InvalidInputError("no images given")
         for i, image in enumerate(items):
             if isinstance(image, Image.Image):
                 # Lazily opened files are not thread-safe (the same object may even appear twice): load here.
                 try:
                     image.load()
                 except Exception as e:
-                    raise ValueError(f"image {i}: could not load PIL image ({e})") from e
+                    raise InvalidInputError(f"image {i}: could not load PIL image ({e})") from e
         threads = self.num_threads if self.num_threads is not None else min(8, os.cpu_count() or 1)
         threads = max(1, min(threads, len(items)))
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -337,9 +342,11 @@ class ImageProcessor:
         """Build from a HF preprocessor_config.json dict (`min_pixels`/`max_pixels` win over `size`)."""
         for flag in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
             if config.get(flag, True) is not True:
-                raise ValueError(f"preprocessor config sets {flag}={config[flag]!r}; only True is supported")
+                raise InvalidInputError(
+                    f"preprocessor config sets {flag}={config[flag]!r}; only True is supported"
+                )
         if abs(config.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-            raise ValueError(
+            raise InvalidInputError(
                 f"preprocessor config rescale_factor must be 1/255, got {config['rescale_factor']}"
             )
         size = config.get("size") or {}

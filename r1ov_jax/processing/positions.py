@@ -8,6 +8,9 @@ videos are not supported by this port).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -173,3 +176,59 @@ def pad_vision(pixel_values: np.ndarray, geometry: dict, num_patches: int, merge
         "window_segments": np.pad(geometry["window_segments"], (0, extra)),
         "full_segments": np.pad(geometry["full_segments"], (0, extra)),
     }
+
+
+def _empty_geometry() -> dict:
+    return {
+        "window_index": np.zeros((0,), np.int32),
+        "reverse_index": np.zeros((0,), np.int32),
+        "rope_positions": np.zeros((0, 2), np.int32),
+        "window_segments": np.zeros((0,), np.int32),
+        "full_segments": np.zeros((0,), np.int32),
+    }
+
+
+def vision_inputs(
+    chunks: Sequence[np.ndarray],
+    grids: Sequence[np.ndarray],
+    *,
+    max_patches: int | None,
+    patch_dim: int,
+    merge_size: int,
+    window_size: int,
+    patch_size: int,
+    alloc: Callable[[tuple, Any], np.ndarray] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """``pixel_values`` and ``vision`` geometry of images given in token order.
+
+    With ``max_patches`` the patches are written into one zero-padded ``[max_patches, patch_dim]`` buffer and the
+    geometry is padded with ``pad_vision`` (padding patches: segment 0); otherwise both are the plain concatenation.
+    """
+    n = sum(int(c.shape[0]) for c in chunks)
+    grid = np.concatenate(grids).astype(np.int64) if grids else np.zeros((0, 3), np.int64)
+    geometry = (
+        vision_geometry(grid, merge_size=merge_size, window_size=window_size, patch_size=patch_size)
+        if len(grid)
+        else _empty_geometry()
+    )
+    if max_patches is None:
+        pixels = (
+            np.concatenate(chunks).astype(np.float32, copy=False)
+            if chunks
+            else np.zeros((0, patch_dim), np.float32)
+        )
+        return pixels, geometry
+    if n > max_patches:
+        raise ValueError(f"batch has {n} vision patches but max_patches is {max_patches}")
+    shape = (max_patches, patch_dim)
+    pixels = alloc(shape, np.float32) if alloc is not None else np.empty(shape, np.float32)
+    offset = 0
+    for c in chunks:
+        pixels[offset : offset + len(c)] = c
+        offset += len(c)
+    if alloc is None:  # `alloc` hands out zero-filled memory (fresh shared memory): don't fault its pages in
+        pixels[offset:] = 0
+    # pad_vision pads patches and geometry together; the patches are already in place, so hand it a zero-width
+    # view and keep only the geometry (saves two copies of a buffer that is tens of MB for real image sizes).
+    _, vision = pad_vision(np.empty((n, 0), np.float32), geometry, max_patches, merge_size)
+    return pixels, vision

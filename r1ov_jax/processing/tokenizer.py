@@ -18,6 +18,7 @@ from typing import Any
 import sentencepiece as spm
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 # The Qwen control tokens the model code relies on (ids differ per tokenizer; look them up by name).
 QWEN_SPECIAL_TOKENS = (
@@ -64,7 +65,9 @@ class Tokenizer:
         config: dict[str, Any] | None = None,
     ):
         if (hf is None) == (sp_model_proto is None):
-            raise ValueError("pass exactly one of hf= (tokenizers.Tokenizer) or sp_model_proto= (bytes)")
+            raise InvalidInputError(
+                "pass exactly one of hf= (tokenizers.Tokenizer) or sp_model_proto= (bytes)"
+            )
         self.config = dict(config or {})
         self.eos_token = _token_text(self.config.get("eos_token")) or DEFAULT_EOS
         self.pad_token = _token_text(self.config.get("pad_token")) or DEFAULT_PAD
@@ -90,7 +93,7 @@ class Tokenizer:
         """
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"tokenizer folder {path} does not exist")
+            raise MissingInputError(f"tokenizer folder {path} does not exist")
         config_file = path / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.exists() else {}
         sp_file, json_file = path / _SP_MODEL_FILE, path / "tokenizer.json"
@@ -100,11 +103,11 @@ class Tokenizer:
             try:
                 hf = tokenizers.Tokenizer.from_file(str(json_file))
             except Exception as e:
-                raise ValueError(f"{json_file}: not a valid tokenizers JSON file ({e})") from e
+                raise InvalidInputError(f"{json_file}: not a valid tokenizers JSON file ({e})") from e
             return cls(hf=hf, config=config)
         if sp_file.exists():
             return cls(sp_model_proto=sp_file.read_bytes(), config=config)
-        raise FileNotFoundError(f"{path} has neither tokenizer.json nor {_SP_MODEL_FILE}")
+        raise MissingInputError(f"{path} has neither tokenizer.json nor {_SP_MODEL_FILE}")
 
     @classmethod
     def from_sentencepiece(
@@ -113,12 +116,12 @@ class Tokenizer:
         """Load a sentencepiece `.model` file."""
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise FileNotFoundError(f"sentencepiece model {model_path} does not exist")
+            raise MissingInputError(f"sentencepiece model {model_path} does not exist")
         proto = model_path.read_bytes()
         try:
             spm.SentencePieceProcessor(model_proto=proto)
         except Exception as e:
-            raise ValueError(f"{model_path}: not a valid sentencepiece model ({e})") from e
+            raise InvalidInputError(f"{model_path}: not a valid sentencepiece model ({e})") from e
         return cls(sp_model_proto=proto, config=config)
 
     # ---- core interface -----------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+            raise InvalidInputError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
         if self._hf is not None:
             return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
         if skip_special_tokens:
@@ -152,7 +155,7 @@ class Tokenizer:
 
     def id_to_token(self, i: int) -> str:
         if not 0 <= i < self.vocab_size:
-            raise ValueError(f"token id {i} out of range [0, {self.vocab_size})")
+            raise InvalidInputError(f"token id {i} out of range [0, {self.vocab_size})")
         return self._hf.id_to_token(i) if self._hf is not None else self._sp.id_to_piece(i)
 
     @property
@@ -264,11 +267,11 @@ def train_sentencepiece(
     small corpora may give fewer pieces than asked (the limit is soft).
     """
     if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+        raise InvalidInputError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     symbols = list(dict.fromkeys([*QWEN_SPECIAL_TOKENS, *REASONING_TAGS, "\n", *extra_symbols]))
     lines = [line for text in texts for line in text.split("\n") if line]
     if not lines:
-        raise ValueError("train_sentencepiece got no non-empty text")
+        raise InvalidInputError("train_sentencepiece got no non-empty text")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -295,7 +298,7 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise ValueError(f"sentencepiece training failed for vocab_size={vocab_size}: {e}") from e
+        raise InvalidInputError(f"sentencepiece training failed for vocab_size={vocab_size}: {e}") from e
     path = Path(f"{out_prefix}.model")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.getvalue())
@@ -323,7 +326,7 @@ def sentencepiece_to_hf(model_proto: bytes) -> tokenizers.Tokenizer:
     m.ParseFromString(model_proto)
     norm = m.normalizer_spec
     if norm.name != "identity" or norm.add_dummy_prefix or norm.remove_extra_whitespaces:
-        raise ValueError(
+        raise InvalidInputError(
             "only sentencepiece models with identity normalization, no dummy prefix and kept whitespace "
             f"convert to tokenizer.json (got {norm.name!r}, add_dummy_prefix={norm.add_dummy_prefix}, "
             f"remove_extra_whitespaces={norm.remove_extra_whitespaces})"
@@ -344,7 +347,7 @@ def sentencepiece_to_hf(model_proto: bytes) -> tokenizers.Tokenizer:
             fuse_unk=True,
         )
     else:
-        raise ValueError(
+        raise InvalidInputError(
             f"unsupported sentencepiece model_type {m.trainer_spec.model_type} (need unigram or bpe)"
         )
     tok = tokenizers.Tokenizer(model)

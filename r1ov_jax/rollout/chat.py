@@ -1,69 +1,70 @@
-"""Prompt → answer: chat template, image processing, left padding and the KV-cache sampler in one call.
+"""Prompt → answer: image processing, the one prompt builder (``processing.prompts``) and the KV-cache sampler.
 
-Used by ``r1ov generate``, evaluation and the demo (training batches come from ``r1ov_jax.data.pipeline``).
+Used by ``r1ov generate``, evaluation and the demo; training batches come from ``r1ov_jax.data.pipeline``, which
+builds its prompts with the same ``tokenize_prompt`` / ``assemble_prompt_batch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from r1ov_jax.processing import ImageProcessor
-from r1ov_jax.processing.chat import tokenize_conversation
+from r1ov_jax.processing.prompts import PromptFormat, assemble_prompt_batch, tokenize_prompt
 from r1ov_jax.processing.tokenizer import Tokenizer
-from r1ov_jax.rollout.sampler import SamplingConfig, generate, left_pad
+from r1ov_jax.rollout.sampler import SamplingConfig, generate
 
+# A prompt: (encoded images, question) or (encoded images, question, choices).
+Prompt = tuple
 
-def prompt_messages(num_images: int, text: str, system: str | None = None) -> list[dict]:
-    content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-    msgs = [{"role": "user", "content": content}]
-    return ([{"role": "system", "content": system}] if system else []) + msgs
+RAW = PromptFormat(suffix=None)  # the default system turn and the user's text as given
 
 
 def encode_prompts(
     model,
     tokenizer: Tokenizer,
     image_processor: ImageProcessor,
-    prompts: Sequence[tuple[Sequence[bytes], str]],
-    system: str | None = None,
+    prompts: Sequence[Prompt],
+    fmt: PromptFormat = RAW,
 ) -> dict:
-    """``model.prepare_inputs`` of left-padded chat prompts ending in ``<|im_start|>assistant\\n``."""
-    seqs, pixels, grids = [], [], []
-    for images, text in prompts:
+    """Model inputs (``model.prepare_inputs`` layout) of left-padded prompts ending in ``<|im_start|>assistant\\n``."""
+    vc = model.cfg.vision
+    examples = []
+    for i, prompt in enumerate(prompts):
+        images, question, choices = (*prompt, None)[:3]
+        ex = {"id": str(i), "answer": None, "choices": None}
         grid = None
         if images:
             out = image_processor(list(images))
-            pixels.append(out["pixel_values"])
-            grids.append(out["image_grid_thw"])
             grid = out["image_grid_thw"]
-        tok = tokenize_conversation(
-            prompt_messages(len(images), text, system),
-            tokenizer,
-            grid,
-            merge_size=image_processor.merge_size,
-            add_generation_prompt=True,
+            ex.update(pixel_values=out["pixel_values"], grid=grid)
+        else:
+            ex.update(grid=())
+        tok = tokenize_prompt(
+            tokenizer, question, choices, image_grid_thw=grid, merge_size=vc.spatial_merge_size, fmt=fmt
         )
-        seqs.append(tok["input_ids"].tolist())
-    ids, mask = left_pad(seqs, tokenizer.pad_id)
-    pv = np.concatenate(pixels) if pixels else None
-    thw = np.concatenate(grids) if grids else None
-    return model.prepare_inputs(ids, mask, pv, thw)
+        ex["input_ids"] = tok["input_ids"]
+        examples.append(ex)
+    batch = assemble_prompt_batch(
+        examples, pad_id=tokenizer.pad_id, image_token_id=model.cfg.image_token_id, max_prompt_len=None,
+        max_patches=None, patch_dim=vc.patch_dim, merge_size=vc.spatial_merge_size, window_size=vc.window_size,
+        patch_size=vc.patch_size,
+    )  # fmt: skip
+    return batch["inputs"]
 
 
 def answer_prompts(
     model,
     tokenizer: Tokenizer,
     image_processor: ImageProcessor,
-    prompts: Sequence[tuple[Sequence[bytes], str]],
+    prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     seed: int = 0,
-    system: str | None = None,
+    fmt: PromptFormat = RAW,
 ) -> list[str]:
     """Decoded completions (special tokens removed), one per prompt; greedy when temperature is 0."""
-    inputs = encode_prompts(model, tokenizer, image_processor, prompts, system)
+    inputs = encode_prompts(model, tokenizer, image_processor, prompts, fmt)
     cfg = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from r1ov_jax.sharding.rules import logical_to_spec, rules_for
+from r1ov_jax.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 AXES = ("data", "fsdp", "tensor")
@@ -26,14 +27,16 @@ def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int 
     n = jax.device_count() if num_devices is None else num_devices
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+        raise InvalidInputError(
+            f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if n % known:
-            raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes product {known}")
+            raise InvalidInputError(f"mesh: {n} devices are not divisible by the fixed axes product {known}")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
-        raise ValueError(
+        raise InvalidInputError(
             f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {int(np.prod(sizes))} devices, have {n}"
         )
     return tuple(sizes)
@@ -62,7 +65,7 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules: dict | None = None) ->
     def one(var):
         axes = var.get_metadata().get("logical_axes")
         if axes is None:
-            raise ValueError(f"parameter of shape {var.shape} has no logical_axes metadata")
+            raise InvalidInputError(f"parameter of shape {var.shape} has no logical_axes metadata")
         return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, var.shape))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -165,7 +168,7 @@ def initialize_distributed() -> bool:
         try:
             n, pid = int(os.environ["R1OV_NUM_PROCESSES"]), int(os.environ["R1OV_PROCESS_ID"])
         except (KeyError, ValueError):
-            raise ValueError(
+            raise InvalidInputError(
                 "R1OV_COORDINATOR_ADDRESS is set: R1OV_NUM_PROCESSES and R1OV_PROCESS_ID must be integers too"
             ) from None
         if not jax.distributed.is_initialized():

@@ -18,9 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from r1ov_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
-    pass
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, partial, damaged or does not match the model."""
 
 
 class PreemptionGuard:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from r1ov_jax import runs
 from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
 from r1ov_jax.train.metrics import MetricsWriter
 
@@ -42,7 +43,7 @@ class TrainingRun:
     ):
         self.tc, self.model, self.optimizer, self.data_iter = tc, model, optimizer, data_iter
         self.put, self.ctx = placement(model, optimizer, mesh)
-        self.ckpt = Checkpointer(f"{out_dir}/checkpoints", every=tc.ckpt_every, keep=tc.keep_checkpoints)
+        self.ckpt = Checkpointer(runs.checkpoints_dir(out_dir), every=tc.ckpt_every, keep=tc.keep_checkpoints)
         self.writer = MetricsWriter(out_dir, enabled=jax.process_index() == 0)
         self.guard = PreemptionGuard()
 

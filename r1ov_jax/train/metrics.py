@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from r1ov_jax import runs
 
 
 class MetricsWriter:
@@ -16,14 +17,14 @@ class MetricsWriter:
 
     def __init__(self, directory: str, *, tensorboard: bool = True, enabled: bool = True):
         self.directory, self.enabled = directory, enabled
-        self.path = os.path.join(directory, "metrics.jsonl")
+        self.path = os.path.join(directory, runs.METRICS_FILE)
         self._tb = None
         if enabled:
             os.makedirs(directory, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(directory, "tb"))
+                self._tb = SummaryWriter(os.path.join(directory, runs.TENSORBOARD_DIR))
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:

@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import optax
 from flax import nnx
+from r1ov_jax.errors import InvalidInputError
 
 GROUPS = ("vision", "merger", "decoder")
 
@@ -59,7 +60,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     updates every k steps, so its schedule spans ``total_steps // k`` updates."""
     unknown = set(cfg.freeze) - set(GROUPS)
     if unknown:
-        raise ValueError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
+        raise InvalidInputError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
         optax.adamw(

@@ -17,32 +17,34 @@ import jax
 import ml_collections
 from flax import nnx
 
-from r1ov_jax.data.pipeline import grpo_dataset, sft_dataset
-from r1ov_jax.data.synth import shard_paths
+from r1ov_jax import runs
+from r1ov_jax.data.pipeline import grpo_dataset, prompt_format, sft_dataset
+from r1ov_jax.data.record import shard_paths
 from r1ov_jax.processing import ImageProcessor
 from r1ov_jax.processing.tokenizer import Tokenizer
 from r1ov_jax.train import grpo as grpo_lib
 from r1ov_jax.train import sft as sft_lib
-from r1ov_jax.train.builders import build_model, load_run, write_model_files
+from r1ov_jax.train.builders import build_model
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 
 def data_paths(spec: str) -> list[str]:
     if not spec:
-        raise ValueError("data path is empty: set --config.data.train=DIR (an `r1ov synth` output)")
+        raise InvalidInputError("data path is empty: set --config.data.train=DIR (an `r1ov synth` output)")
     if os.path.isdir(spec):
         paths = shard_paths(spec)
         if not paths:
-            raise FileNotFoundError(f"{spec}: no ArrayRecord shards inside")
+            raise MissingInputError(f"{spec}: no ArrayRecord shards inside")
         return paths
     if not os.path.exists(spec):
-        raise FileNotFoundError(f"data {spec} does not exist")
+        raise MissingInputError(f"data {spec} does not exist")
     return [spec]
 
 
 def load_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
     path = cfg.tokenizer.path or cfg.model.hf_path
     if not path:
-        raise ValueError(
+        raise InvalidInputError(
             "no tokenizer: set tokenizer.path (HF folder or sentencepiece .model) or model.hf_path"
         )
     if path.endswith(".model"):
@@ -61,7 +63,7 @@ def per_process(pipeline_cfg: ml_collections.ConfigDict) -> ml_collections.Confi
     cfg = pipeline_cfg.copy_and_resolve_references()
     for key in ("batch_size", "prompt_batch_size"):
         if cfg[key] % n:
-            raise ValueError(f"pipeline.{key}={cfg[key]} is not divisible by the {n} processes")
+            raise InvalidInputError(f"pipeline.{key}={cfg[key]} is not divisible by the {n} processes")
         cfg[key] = cfg[key] // n
     return cfg
 
@@ -91,7 +93,10 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
     mesh = make_mesh_if_needed(cfg)
     tok = load_tokenizer(cfg)
     model = build_model(cfg.model, tok)
-    write_model_files(out_dir, model, tok, image_processor(cfg))
+    runs.create(
+        out_dir, model, tok, image_processor(cfg), stage="sft", base=cfg.model.hf_path or None,
+        prompt_format=prompt_format(cfg.pipeline, "prompt"),
+    )  # fmt: skip
     train_ds = sft_dataset(
         data_paths(cfg.data.train),
         tok,
@@ -128,15 +133,15 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     out_dir = out_dir or cfg.rl.train.out_dir
     mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
-        model, tok, _ = load_run(cfg.rl.init_from, attn_impl=cfg.model.attn_impl)
-        if tok is None:
-            tok = load_tokenizer(cfg)
+        loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
+        model, tok = loaded.model, loaded.tokenizer or load_tokenizer(cfg)
     else:
         tok = load_tokenizer(cfg)
         model = build_model(cfg.model, tok)
-    write_model_files(
-        out_dir, model, tok, image_processor(cfg), side_files_from=getattr(model, "hf_source", None)
-    )
+    runs.create(
+        out_dir, model, tok, image_processor(cfg), stage="grpo", base=cfg.rl.init_from or cfg.model.hf_path or None,
+        prompt_format=prompt_format(cfg.pipeline, "prompt"),
+    )  # fmt: skip
     ref = nnx.clone(model)  # frozen SFT policy for the KL term
     prompts = grpo_dataset(
         data_paths(cfg.data.rl or cfg.data.train),
@@ -168,7 +173,7 @@ def run_stage(kind: str, cfg: ml_collections.ConfigDict) -> dict:
         return run_sft_stage(cfg)
     if kind == "grpo":
         return run_grpo_stage(cfg)
-    raise ValueError(f"unknown stage {kind!r}")
+    raise InvalidInputError(f"unknown stage {kind!r}")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -23,7 +23,8 @@ from r1ov_jax.data.pipeline import (
     skipped_counts,
 )
 from r1ov_jax.data.record import Record
-from r1ov_jax.data.synth import read_records, shard_paths, synthesize
+from r1ov_jax.data.record import read_records, shard_paths
+from r1ov_jax.data.synth import synthesize
 from r1ov_jax.processing.chat import tokenize_conversation
 from r1ov_jax.processing.image import ImageProcessor
 from r1ov_jax.processing.positions import get_rope_index, pad_vision, vision_geometry

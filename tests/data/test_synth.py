@@ -9,7 +9,8 @@ import grain
 import tensorflow_datasets as tfds
 
 from r1ov_jax.data.formalize import GENERATORS, generate
-from r1ov_jax.data.synth import read_records, shard_paths, synthesize
+from r1ov_jax.data.record import read_records, shard_paths
+from r1ov_jax.data.synth import synthesize
 from r1ov_jax.data.tfds_builder import array_record_files, build, decode_raw, example_to_record
 
 

@@ -28,7 +28,8 @@ def test_round_trip_sharded_strict(tmp_path, tie):
     original.save_pretrained(tmp_path / "src")
     (tmp_path / "src" / "tokenizer_config.json").write_text("{}")  # side files travel with the export
     ours = hf.from_pretrained(str(tmp_path / "src"))
-    out = hf.save_pretrained(ours, str(tmp_path / "out"), max_shard_size="100KB")
+    src = str(tmp_path / "src")
+    out = hf.save_pretrained(ours, str(tmp_path / "out"), max_shard_size="100KB", side_files_from=src)
     files = sorted(os.listdir(out))
     shards = [f for f in files if f.endswith(".safetensors")]
     assert len(shards) >= 3 and "model.safetensors.index.json" in files and "tokenizer_config.json" in files

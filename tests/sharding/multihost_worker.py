@@ -23,7 +23,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny  # noqa: E402
 from r1ov_jax.sharding import initialize_distributed, make_mesh  # noqa: E402
-from r1ov_jax.train.builders import write_model_files  # noqa: E402
+from r1ov_jax import runs  # noqa: E402
 from r1ov_jax.train.optim import default_optim_config  # noqa: E402
 from r1ov_jax.train.sft import default_train_config, run_sft  # noqa: E402
 
@@ -66,7 +66,7 @@ def main():
     assert initialize_distributed() and jax.process_count() == 2 and jax.device_count() == 8
     mesh = make_mesh(data=-1)
     model = Qwen25VL(tiny(), rngs=nnx.Rngs(0))
-    write_model_files(out_dir, model, None)
+    runs.create(out_dir, model, None, stage="sft")
     cfg = ml_collections.ConfigDict({"optim": default_optim_config(), "train": default_train_config()})
     cfg.optim.lr, cfg.optim.warmup_ratio = 1e-2, 0.0
     cfg.train.steps, cfg.train.log_every, cfg.train.ckpt_every = steps, 1, 3

@@ -66,7 +66,7 @@ def test_two_process_preempt_resume_export(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from r1ov_jax.cli import main
-    from r1ov_jax.train.builders import load_run
+    from r1ov_jax import runs
 
     full = run_job(tmp_path / "full", 6)
     assert all(r["step"] == 6 for r in full)
@@ -83,7 +83,8 @@ def test_two_process_preempt_resume_export(tmp_path):
         str(tmp_path / "hf"), dtype=torch.float32, attn_implementation="eager", output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    ours, _, step = load_run(str(tmp_path / "resumed"))
+    loaded = runs.load(str(tmp_path / "resumed"))
+    ours, step = loaded.model, loaded.step
     assert step == 6
     ids = np.array([[3, 4, 5, 6, 7, 8]])
     with torch.no_grad():

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax.numpy as jnp
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 # Text keys of the flat 4.x layout (everything not vision/top-level belongs to the text model).
 _TOP_LEVEL = (
@@ -89,25 +90,25 @@ class Qwen25VLConfig:
     def __post_init__(self):
         t, v = self.text, self.vision
         if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"text: hidden {t.hidden_size}, heads {t.num_attention_heads}, "
                 f"kv heads {t.num_key_value_heads} do not divide"
             )
         if sum(t.mrope_section) * 2 != t.head_dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"mrope_section {list(t.mrope_section)} must sum to head_dim/2 = {t.head_dim // 2}"
             )
         if v.hidden_size % v.num_heads or v.head_dim % 4:
-            raise ValueError(
+            raise InvalidInputError(
                 f"vision: hidden {v.hidden_size} / heads {v.num_heads} must give a head_dim "
                 "divisible by 4 (2D rope)"
             )
         if v.out_hidden_size != t.hidden_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}"
             )
         if any(i >= v.depth for i in v.fullatt_block_indexes):
-            raise ValueError(
+            raise InvalidInputError(
                 f"fullatt_block_indexes {list(v.fullatt_block_indexes)} out of range for depth {v.depth}"
             )
 
@@ -188,11 +189,11 @@ class Qwen25VLConfig:
             with open(path) as f:
                 d = json.load(f)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no config.json at {path}") from None
+            raise MissingInputError(f"no config.json at {path}") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise InvalidInputError(f"{path}: not valid JSON ({e})") from None
         if d.get("model_type") not in ("qwen2_5_vl", None):
-            raise ValueError(f"{path}: model_type {d.get('model_type')!r} is not qwen2_5_vl")
+            raise InvalidInputError(f"{path}: model_type {d.get('model_type')!r} is not qwen2_5_vl")
         return cls.from_hf_dict(d, **runtime)
 
     def save_json(self, path: str, dtype: str = "float32") -> None:
