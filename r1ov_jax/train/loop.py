@@ -24,6 +24,21 @@ from r1ov_jax.train.checkpoint import Checkpointer, PreemptionGuard, train_state
 from r1ov_jax.train.metrics import MetricsWriter
 
 
+def default_train_config() -> ml_collections.ConfigDict:
+    """The ``train`` block of a stage (SFT and GRPO): steps, logging, evaluation and checkpoint intervals."""
+    return ml_collections.ConfigDict(
+        dict(
+            # batch shape lives in the pipeline config (pipeline.batch_size / seq_len), not here
+            steps=100,
+            log_every=10,
+            eval_every=50,
+            ckpt_every=50,
+            keep_checkpoints=2,
+            seed=0,
+        )
+    )
+
+
 def placement(model, optimizer, mesh):
     """(batch placement fn, context factory) for single-device or mesh runs; shards model/optimizer in place."""
     if mesh is None:

@@ -25,6 +25,7 @@ from r1ov_jax.processing.tokenizer import Tokenizer
 from r1ov_jax.train import grpo as grpo_lib
 from r1ov_jax.train import sft as sft_lib
 from r1ov_jax.train.builders import build_model
+from r1ov_jax.train.loop import default_train_config
 from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 
@@ -191,13 +192,13 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.mesh = default_mesh_config()  # data=-1: pure data parallel over all devices by default
     cfg.model = default_model_config()
     cfg.sft = ml_collections.ConfigDict(
-        dict(optim=default_optim_config(), train=sft_lib.default_train_config(), eval_batches=8)
+        dict(optim=default_optim_config(), train=default_train_config(), eval_batches=8)
     )
     cfg.sft.train.out_dir = "runs/sft"
     cfg.rl = ml_collections.ConfigDict(
         dict(
             optim=default_optim_config(),
-            train=sft_lib.default_train_config(),
+            train=default_train_config(),
             grpo=grpo_lib.default_grpo_config(),
             init_from="",
         )

@@ -111,17 +111,3 @@ def optimizer_lr(cfg, step):
     from r1ov_jax.train.optim import schedule, updates
 
     return schedule(cfg.optim, updates(cfg.optim, cfg.train.steps))(step // max(cfg.optim.grad_accum, 1))
-
-
-def default_train_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            # batch shape lives in the pipeline config (pipeline.batch_size / seq_len), not here
-            steps=100,
-            log_every=10,
-            eval_every=50,
-            ckpt_every=50,
-            keep_checkpoints=2,
-            seed=0,
-        )
-    )

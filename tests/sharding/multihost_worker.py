@@ -25,7 +25,8 @@ from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny  # noqa: E402
 from r1ov_jax.sharding import initialize_distributed, make_mesh  # noqa: E402
 from r1ov_jax import runs  # noqa: E402
 from r1ov_jax.train.optim import default_optim_config  # noqa: E402
-from r1ov_jax.train.sft import default_train_config, run_sft  # noqa: E402
+from r1ov_jax.train.loop import default_train_config  # noqa: E402
+from r1ov_jax.train.sft import run_sft  # noqa: E402
 
 GLOBAL_BATCH, LENGTH = 8, 16
 

@@ -110,7 +110,7 @@ def test_short_end_to_end_loop_learns_a_toy_reward(tmp_path):
     cfg.grpo.num_generations, cfg.grpo.max_new_tokens, cfg.grpo.beta = 8, 3, 0.0
     cfg.grpo.reward_weights = {"accuracy": 1.0}
     from r1ov_jax.train.optim import default_optim_config
-    from r1ov_jax.train.sft import default_train_config
+    from r1ov_jax.train.loop import default_train_config
 
     cfg.optim = default_optim_config()
     cfg.optim.lr, cfg.optim.warmup_ratio = 3e-2, 0.0

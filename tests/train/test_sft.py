@@ -9,6 +9,7 @@ from flax import nnx
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
 from r1ov_jax.train import sft
+from r1ov_jax.train.loop import default_train_config
 from r1ov_jax.train.optim import default_optim_config
 
 
@@ -38,7 +39,7 @@ def cfg(steps):
     c = ml_collections.ConfigDict()
     c.optim = default_optim_config()
     c.optim.lr, c.optim.warmup_ratio = 3e-3, 0.0
-    c.train = sft.default_train_config()
+    c.train = default_train_config()
     c.train.steps, c.train.log_every, c.train.ckpt_every = steps, 5, 5
     return c
 
