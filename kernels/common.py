@@ -26,23 +26,34 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _BIG = np.iinfo(np.int32).max
 
 BACKENDS = ("tpu", "gpu")
+LANES, SUBLANES = 128, 8  # TPU vreg tiling: (8, 128) 32-bit words
 # Default tiles. TPU: multiples of 128 keep the (8, 128) vreg tiling and fill the MXU. GPU (Triton): powers of
 # two; 64x64 keeps fwd and bwd of head dim 128 in registers without spilling.
 DEFAULT_BLOCKS = {"tpu": (256, 256), "gpu": (64, 64)}
 
 
+def target_platform() -> str:
+    """Platform the kernels are compiled for: the default device's when one is set (``jax.default_device``,
+    e.g. a TPU device of a deviceless topology for ahead-of-time compilation on a CPU host), else
+    ``jax.default_backend()``."""
+    dev = jax.config.jax_default_device
+    if dev is None:
+        return jax.default_backend()
+    return dev if isinstance(dev, str) else dev.platform
+
+
 def kernel_backend(backend: str | None = None) -> str:
-    """Kernel flavour: explicit, else the default backend ("cpu" interprets the TPU flavour)."""
+    """Kernel flavour: explicit, else from the target platform ("cpu" interprets the TPU flavour)."""
     if backend is None:
-        backend = "gpu" if jax.default_backend() == "gpu" else "tpu"
+        backend = "gpu" if target_platform() in ("gpu", "cuda", "rocm") else "tpu"
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 
 def use_interpret(interpret: bool | None) -> bool:
-    """Interpret mode when asked, and always on CPU (no Mosaic/Triton compiler there)."""
-    return jax.default_backend() == "cpu" if interpret is None else interpret
+    """Interpret mode when asked, and by default exactly when targeting the CPU (no Mosaic/Triton there)."""
+    return target_platform() == "cpu" if interpret is None else interpret
 
 
 def round_up(x: int, m: int) -> int:
@@ -88,6 +99,29 @@ def pad_ids(ids: jax.Array, t_pad: int) -> jax.Array:
 
 def default_positions(b: int, t: int) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+
+
+def check_qkv(q, k, v):
+    """q ``[b, tq, hq, d]``, k and v ``[b, tk, hkv, d]`` of one dtype with ``hq % hkv == 0``."""
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(
+            f"expected q [b, tq, hq, d] and k, v [b, tk, hkv, d]; got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
+        raise ValueError(f"q {q.shape} and k {k.shape} disagree on batch / head dim, or hq % hkv != 0")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def lengths_to_segment_ids(lengths, kv_segment_ids, shape):
+    """Fold per-sequence cache lengths into kv segment ids (slot < length keeps its id, else 0)."""
+    if lengths is None:
+        return kv_segment_ids
+    b, s = shape
+    if kv_segment_ids is None:
+        kv_segment_ids = jnp.ones((b, s), jnp.int32)
+    valid = jnp.arange(s, dtype=jnp.int32)[None, :] < jnp.asarray(lengths, jnp.int32)[:, None]
+    return jnp.where(valid, kv_segment_ids, 0)
 
 
 def _block_summary(ids, pos, block):
@@ -156,6 +190,11 @@ def dot(a, b, *, trans_a: bool = False, trans_b: bool = False):
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
     precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def lanes(x, n):
+    """TPU: lane-replicated ``[rows, 128]`` -> ``[rows, n]`` (tile, not broadcast: keeps whole vregs)."""
+    return jnp.tile(x, (1, cdiv(n, LANES)))[:, :n]
 
 
 def visible(q_seg, kv_seg, q_pos, kv_pos, causal: bool):

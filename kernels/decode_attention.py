@@ -15,7 +15,9 @@ visibility is the project's rule (segment ids, causal positions), and ``lengths`
   programs (flash-decoding) whose partial results are merged by logsumexp in XLA: parallelism for small
   batches on GPU, megacore on TPU.
 
-Gradients (rarely needed at decode time) come from the reference implementation.
+Gradients (rarely needed at decode time) are plain XLA (``_dense_backward``): the FlashAttention-2 backward
+formulas on the dense ``[b, hkv, g * tq, S]`` probabilities, recomputed in fp32 in the same grouped layout
+(a head-major cache is not transposed). At decode sizes (``g * tq`` rows) that tile is small.
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
-from r1ov_kernels import common, reference
-from r1ov_kernels.common import MASK_VALUE, dot, visible
-from r1ov_kernels.flash_attention import _lanes
+from r1ov_kernels import common
+from r1ov_kernels.common import LANES, MASK_VALUE, SUBLANES, dot, lanes, visible
 
-LANES, SUBLANES = 128, 8
 DEFAULT_BLOCK_K = {"tpu": 512, "gpu": 64}
 TARGET_PROGRAMS = {"tpu": 2, "gpu": 128}  # enough (b, hkv, split) programs to fill the chip
 
@@ -75,7 +75,7 @@ def decode_attention(
     """
     b, tq = q.shape[:2]
     s_len = k_cache.shape[2] if kv_heads_major else k_cache.shape[1]
-    kv_segment_ids = reference.lengths_to_segment_ids(lengths, kv_segment_ids, (b, s_len))
+    kv_segment_ids = common.lengths_to_segment_ids(lengths, kv_segment_ids, (b, s_len))
     if q_segment_ids is None:
         q_segment_ids = jnp.ones((b, tq), jnp.int32)
     if kv_segment_ids is None:
@@ -187,17 +187,49 @@ def _decode_vjp_fwd(cfg, q, k, v, ids):
 
 def _decode_vjp_bwd(cfg, res, do):
     q, k, v, ids = res
-    ref = lambda q, k, v: reference.reference_flash_attention(
-        q, *_token_major(cfg, k, v), *ids, causal=cfg.causal, scale=cfg.scale
+    return (*_dense_backward(cfg, q, k, v, ids, do), None)
+
+
+def _dense_backward(cfg, q, k, v, ids, do):
+    """(dq, dk, dv) of decode attention in plain XLA, fp32.
+
+    With s = scale * q k^T (masked), p = softmax(s) (zero rows where nothing is visible) and o = p v:
+    dv = p^T do, dp = do v^T, ds = p * (dp - rowsum(do * o)), dq = scale * ds k, dk = scale * ds^T q.
+    Rows r = gi * tq + t of kv head h are query head h * g + gi at token t, as in the kernels.
+    """
+    b, tq, hq, d = q.shape
+    hkv = k.shape[1] if cfg.heads_major else k.shape[2]
+    g = hq // hkv
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    kh, vh = (
+        (f32(k), f32(v)) if cfg.heads_major else (f32(k).transpose(0, 2, 1, 3), f32(v).transpose(0, 2, 1, 3))
     )
-    return (*jax.vjp(ref, q, k, v)[1](do), None)
+    group = lambda x: f32(x).reshape(b, tq, hkv, g, d).transpose(0, 2, 3, 1, 4)  # noqa: E731  [b, h, g, tq, d]
+    qg, dog = group(q), group(do)
+    q_seg, kv_seg, q_pos, kv_pos = ids
+    col = lambda x: None if x is None else x[:, None, None, :, None]  # noqa: E731  [b, 1, 1, tq, 1]
+    row = lambda x: None if x is None else x[:, None, None, None, :]  # noqa: E731  [b, 1, 1, 1, S]
+    mask = visible(col(q_seg), row(kv_seg), col(q_pos), row(kv_pos), cfg.causal)  # [b, 1, 1, tq, S]
+    hp = lax.Precision.HIGHEST
+    s = jnp.einsum("bhgtd,bhsd->bhgts", qg, kh, precision=hp) * cfg.scale
+    s = jnp.where(mask, s, MASK_VALUE)
+    m = s.max(axis=-1, keepdims=True)
+    p = jnp.where(mask, jnp.exp(s - m), 0.0)
+    l = p.sum(axis=-1, keepdims=True)
+    p = p * jnp.where(l > 0, 1.0 / l, 0.0)
+    o = jnp.einsum("bhgts,bhsd->bhgtd", p, vh, precision=hp)
+    dv = jnp.einsum("bhgts,bhgtd->bhsd", p, dog, precision=hp)
+    dp = jnp.einsum("bhgtd,bhsd->bhgts", dog, vh, precision=hp)
+    ds = p * (dp - jnp.sum(dog * o, axis=-1, keepdims=True))
+    dq = jnp.einsum("bhgts,bhsd->bhgtd", ds, kh, precision=hp) * cfg.scale
+    dk = jnp.einsum("bhgts,bhgtd->bhsd", ds, qg, precision=hp) * cfg.scale
+    dq = dq.transpose(0, 3, 1, 2, 4).reshape(b, tq, hq, d).astype(q.dtype)
+    if not cfg.heads_major:
+        dk, dv = dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 _decode.defvjp(_decode_vjp_fwd, _decode_vjp_bwd)
-
-
-def _token_major(cfg, k, v):
-    return (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)) if cfg.heads_major else (k, v)
 
 
 def _decode_fwd_impl(cfg, q, k, v, ids):
@@ -261,22 +293,22 @@ def _tpu_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, cfg):
 
     @pl.when(start + j < end)
     def _step():
-        q_pos = _lanes(side[2][...], bk) if cfg.causal else None
+        q_pos = lanes(side[2][...], bk) if cfg.causal else None
         k_pos = side[3][:1, :] if cfg.causal else None
-        mask = visible(_lanes(side[0][...], bk), side[1][:1, :], q_pos, k_pos, cfg.causal)
+        mask = visible(lanes(side[0][...], bk), side[1][:1, :], q_pos, k_pos, cfg.causal)
         s_ = jnp.where(mask, dot(q_ref[...], k_ref[...], trans_b=True) * cfg.scale, MASK_VALUE)
         m_prev = m_sc[...]
         m_next = jnp.maximum(m_prev, s_.max(axis=-1)[:, None])
-        p = jnp.where(mask, jnp.exp(s_ - _lanes(m_next, bk)), 0.0)
+        p = jnp.where(mask, jnp.exp(s_ - lanes(m_next, bk)), 0.0)
         alpha = jnp.exp(m_prev - m_next)
         l_sc[...] = alpha * l_sc[...] + lax.broadcast_in_dim(p.sum(axis=-1), m_prev.shape, (0,))
         m_sc[...] = m_next
-        acc_sc[...] = _lanes(alpha, dp) * acc_sc[...] + dot(p.astype(v_ref.dtype), v_ref[...])
+        acc_sc[...] = lanes(alpha, dp) * acc_sc[...] + dot(p.astype(v_ref.dtype), v_ref[...])
 
     @pl.when(j == pl.num_programs(3) - 1)
     def _final():
         l = l_sc[...]
-        o_ref[...] = acc_sc[...] * _lanes(jnp.where(l > 0, 1.0 / l, 0.0), dp)
+        o_ref[...] = acc_sc[...] * lanes(jnp.where(l > 0, 1.0 / l, 0.0), dp)
         lse_ref[...] = jnp.where(l > 0, m_sc[...] + jnp.log(l), MASK_VALUE)
 
 

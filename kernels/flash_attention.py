@@ -26,9 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from r1ov_kernels import common
-from r1ov_kernels.common import MASK_VALUE, Geometry, dot, visible
-
-LANES, SUBLANES = 128, 8
+from r1ov_kernels.common import LANES, MASK_VALUE, SUBLANES, Geometry, dot, lanes, visible
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,7 +74,7 @@ def flash_attention(
     """
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
-    _check_qkv(q, k, v)
+    common.check_qkv(q, k, v)
     backend = common.kernel_backend(backend)
     bq, bk, tqp, tkp, dp = plan(tq, tk, d, backend=backend, block_q=block_q, block_k=block_k)
     ones = lambda t: jnp.ones((b, t), jnp.int32)
@@ -108,17 +106,6 @@ def flash_attention(
         (q_seg, kv_seg, q_pos, kv_pos, *ranges),
     )
     return common.from_heads(out, tq, d)
-
-
-def _check_qkv(q, k, v):
-    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
-        raise ValueError(
-            f"expected q [b, tq, hq, d] and k, v [b, tk, hkv, d]; got {q.shape}, {k.shape}, {v.shape}"
-        )
-    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3] or q.shape[2] % k.shape[2]:
-        raise ValueError(f"q {q.shape} and k {k.shape} disagree on batch / head dim, or hq % hkv != 0")
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,11 +160,6 @@ def _row(x):
     return jnp.broadcast_to(x[:, None, :], (x.shape[0], SUBLANES, x.shape[1]))
 
 
-def _lanes(x, n):
-    """Lane-replicated ``[rows, 128]`` -> ``[rows, n]`` (tile, not broadcast: keeps whole vregs)."""
-    return jnp.tile(x, (1, common.cdiv(n, LANES)))[:, :n]
-
-
 def _clamped(lo_ref, hi_ref, idx, j):
     """Block index of step ``j`` in range ``[lo, hi)``; past the end it repeats the last block (no DMA)."""
     return jnp.minimum(lo_ref[idx] + j, jnp.maximum(hi_ref[idx] - 1, 0))
@@ -185,9 +167,9 @@ def _clamped(lo_ref, hi_ref, idx, j):
 
 def _tpu_mask(geo, side, n):
     qs_ref, ks_ref, qp_ref, kp_ref = side
-    q_pos = _lanes(qp_ref[...], n) if geo.causal else None
+    q_pos = lanes(qp_ref[...], n) if geo.causal else None
     k_pos = kp_ref[:1, :] if geo.causal else None
-    return visible(_lanes(qs_ref[...], n), ks_ref[:1, :], q_pos, k_pos, geo.causal)
+    return visible(lanes(qs_ref[...], n), ks_ref[:1, :], q_pos, k_pos, geo.causal)
 
 
 def _split_side(geo, refs):
@@ -231,18 +213,18 @@ def _tpu_fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, geo: Geometry, n
         m_prev = m_sc[...]  # [bq, 128], lane-replicated
         m_next = jnp.maximum(m_prev, s.max(axis=-1)[:, None])
         # where(): a row masked so far has m == MASK_VALUE and exp(0) = 1 would leak into l.
-        p = jnp.where(mask, jnp.exp(s - _lanes(m_next, bk)), 0.0)
+        p = jnp.where(mask, jnp.exp(s - lanes(m_next, bk)), 0.0)
         alpha = jnp.exp(m_prev - m_next)
         l_sc[...] = alpha * l_sc[...] + lax.broadcast_in_dim(p.sum(axis=-1), m_prev.shape, (0,))
         m_sc[...] = m_next
-        acc_sc[...] = _lanes(alpha, d) * acc_sc[...] + dot(p.astype(v_ref.dtype), v_ref[...])
+        acc_sc[...] = lanes(alpha, d) * acc_sc[...] + dot(p.astype(v_ref.dtype), v_ref[...])
 
     @pl.when(j == geo.kv_steps - 1)
     def _final():
         l = l_sc[...]
         # No visible key -> l == 0 -> output row of zeros, logsumexp 0 (bwd masks the row anyway).
         inv = jnp.where(l > 0, 1.0 / l, 0.0)
-        o_ref[...] = (acc_sc[...] * _lanes(inv, d)).astype(o_ref.dtype)
+        o_ref[...] = (acc_sc[...] * lanes(inv, d)).astype(o_ref.dtype)
         lse_ref[...] = jnp.where(l > 0, m_sc[...] + jnp.log(l), 0.0)
 
 
@@ -297,9 +279,9 @@ def _tpu_probs(geo, side, q, k, v, do, lse, delta):
     """Recomputed probabilities p and logit gradients ds for one ``[bq, bk]`` tile."""
     bk = k.shape[0]
     s = _logits(geo, q, k, _tpu_mask(geo, side, bk))
-    p = jnp.exp(s - _lanes(lse, bk))  # masked: exp(MASK_VALUE - lse) == 0
+    p = jnp.exp(s - lanes(lse, bk))  # masked: exp(MASK_VALUE - lse) == 0
     dp = dot(do, v, trans_b=True)
-    return p, p * (dp - _lanes(delta, bk))
+    return p, p * (dp - lanes(delta, bk))
 
 
 def _tpu_dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, *refs, geo, nq):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from r1ov_kernels import common
 from r1ov_kernels.common import Geometry
-from r1ov_kernels.flash_attention import _check_qkv, attention_core, plan
+from r1ov_kernels.flash_attention import attention_core, plan
 
 
 def segment_ids_from_cu_seqlens(cu_seqlens: jax.Array, total: int) -> jax.Array:
@@ -105,7 +105,7 @@ def varlen_attention(
     Returns:
       ``[t, hq, d]`` in q's dtype.
     """
-    _check_qkv(q[None], k[None], v[None])
+    common.check_qkv(q[None], k[None], v[None])
     t, hq, d = q.shape
     backend = common.kernel_backend(backend)
     bq, bk, tp, _, dp = plan(t, t, d, backend=backend, block_q=block_q, block_k=block_k)
