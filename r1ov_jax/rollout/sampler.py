@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1ov_jax.models.qwen2_5_vl.model import Qwen25VL, decode_positions, next_positions
+from r1ov_jax.models.qwen2_5_vl import KVCache, Qwen25VL, decode_positions, next_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,50 +79,60 @@ def choose_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
+class _LoopState(NamedTuple):
+    step: jax.Array  # int32 [], tokens generated so far
+    logits: jax.Array  # float32 [rows, vocab], the next token's logits
+    cache: KVCache
+    key: jax.Array
+    done: jax.Array  # bool [rows], EOS already drawn
+    tokens: jax.Array  # int32 [rows, max_new_tokens]
+    logprobs: jax.Array  # float32 [rows, max_new_tokens]
+
+
 def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingConfig, num_samples: int):
     ids, segments, positions = inputs["input_ids"], inputs["segment_ids"], inputs["positions"]
     b, length = ids.shape
     rows = b * num_samples
-    rep = lambda x, axis=0: jnp.repeat(x, num_samples, axis=axis)  # noqa: E731
+    rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
     # Prefill once per prompt, then give each of the G samples its own copy of the prompt's KV cache.
-    x = model.embed(ids, inputs.get("pixel_values"), inputs.get("vision"))
-    cache = model.init_cache(b, length + cfg.max_new_tokens)
-    h, cache = model.language_model(x, positions, segments, cache)
-    cache = {**jax.tree.map(rep, {k: cache[k] for k in ("k", "v", "segments")}), "index": cache["index"]}
-    logits = rep(model.logits(h[:, -1]).astype(jnp.float32))
+    logits, cache = model.prefill(
+        ids, segments, positions, model.init_cache(b, length + cfg.max_new_tokens),
+        inputs.get("pixel_values"), inputs.get("vision"),
+    )  # fmt: skip
+    cache = cache._replace(
+        k=[rep(k) for k in cache.k], v=[rep(v) for v in cache.v], segments=rep(cache.segments)
+    )
     start = rep(next_positions(positions, segments))
     eos = jnp.asarray(cfg.eos_ids if cfg.eos_ids else (-1,), jnp.int32)
 
-    def cond(state):
-        step, _, _, _, done, _, _ = state
-        return (step < cfg.max_new_tokens) & ~jnp.all(done)
+    def cond(s: _LoopState):
+        return (s.step < cfg.max_new_tokens) & ~jnp.all(s.done)
 
-    def body(state):
-        step, logits, cache, key, done, tokens, logprobs = state
-        key, sub = jax.random.split(key)
-        tok = choose_tokens(logits, sub, cfg)
+    def body(s: _LoopState) -> _LoopState:
+        key, sub = jax.random.split(s.key)
+        tok = choose_tokens(s.logits, sub, cfg)
         # log softmax at the chosen token only (no [rows, vocab] log-prob array per step)
-        lp = jnp.take_along_axis(logits, tok[:, None], -1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
-        tok = jnp.where(done, cfg.pad_id, tok)
-        tokens = tokens.at[:, step].set(tok)
-        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, lp))
-        done = done | jnp.isin(tok, eos)
-        out, cache = model.decode(tok[:, None], decode_positions(start + step), cache)
-        return step + 1, out[:, 0], cache, key, done, tokens, logprobs
+        lp = jnp.take_along_axis(s.logits, tok[:, None], -1)[:, 0] - jax.nn.logsumexp(s.logits, axis=-1)
+        tok = jnp.where(s.done, cfg.pad_id, tok)
+        tokens = s.tokens.at[:, s.step].set(tok)
+        logprobs = s.logprobs.at[:, s.step].set(jnp.where(s.done, 0.0, lp))
+        done = s.done | jnp.isin(tok, eos)
+        out, cache = model.decode(tok[:, None], decode_positions(start + s.step), s.cache)
+        return _LoopState(s.step + 1, out[:, 0], cache, key, done, tokens, logprobs)
 
-    init = (
-        jnp.zeros((), jnp.int32),
-        logits,
-        cache,
-        key,
-        jnp.zeros((rows,), bool),
-        jnp.full((rows, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
-        jnp.zeros((rows, cfg.max_new_tokens), jnp.float32),
+    init = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        logits=rep(logits),
+        cache=cache,
+        key=key,
+        done=jnp.zeros((rows,), bool),
+        tokens=jnp.full((rows, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
+        logprobs=jnp.zeros((rows, cfg.max_new_tokens), jnp.float32),
     )
-    _, _, _, _, _, tokens, logprobs = jax.lax.while_loop(cond, body, init)
-    is_eos = jnp.isin(tokens, eos)
+    final = jax.lax.while_loop(cond, body, init)
+    is_eos = jnp.isin(final.tokens, eos)
     first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, cfg.max_new_tokens)
-    return tokens, logprobs, first_eos.astype(jnp.int32)
+    return final.tokens, final.logprobs, first_eos.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "num_samples"))

@@ -61,6 +61,18 @@ def group_advantages(rewards: jax.Array, group_size: int, eps: float = 1e-4) -> 
     return ((r - mean) / (std + eps)).reshape(-1)
 
 
+def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+    """Per-token k3 estimate of KL(policy || reference): ``exp(ref − logp) − (ref − logp) − 1`` (≥ 0)."""
+    diff = ref_logp - logp
+    return jnp.exp(diff) - diff - 1.0
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` over the tokens where ``mask`` is set (0 when none is)."""
+    mask = mask.astype(jnp.float32)
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float, epsilon: float) -> jax.Array:
     """GRPO objective (scalar, to minimize).
 
@@ -72,9 +84,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float, epsilon: 
     ratio = jnp.exp(logp - old_logp)
     a = advantages[:, None]
     surrogate = jnp.minimum(ratio * a, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * a)
-    diff = ref_logp - logp
-    kl = jnp.exp(diff) - diff - 1.0
-    per_token = -(surrogate - beta * kl)
+    per_token = -(surrogate - beta * k3_kl(logp, ref_logp))
     per_seq = (per_token * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
     return per_seq.mean()
 
@@ -85,13 +95,13 @@ def completion_logprobs(model, prompt: dict, completions: jax.Array, comp_mask: 
     prompt) repeated G times, then completions appended, one causal pass."""
     rep = lambda x, axis=0: jnp.repeat(x, group, axis=axis)  # noqa: E731
     x_prompt = rep(model.embed(prompt["input_ids"], prompt.get("pixel_values"), prompt.get("vision")))
-    x = jnp.concatenate([x_prompt, model.language_model.embed_tokens(completions)], axis=1)
+    x = jnp.concatenate([x_prompt, model.embed(completions)], axis=1)
     seg_prompt, pos_prompt = rep(prompt["segment_ids"]), rep(prompt["positions"], axis=1)
     t = completions.shape[1]
     pos_comp = decode_positions(next_positions(pos_prompt, seg_prompt), t)
     segments = jnp.concatenate([seg_prompt, comp_mask.astype(jnp.int32)], axis=1)
     positions = jnp.concatenate([pos_prompt, pos_comp], axis=2)
-    h, _ = model.language_model(x, positions, segments)
+    h = model.decoder(x, positions, segments).hidden
     length = seg_prompt.shape[1]
     logits = model.logits(h[:, length - 1 : length - 1 + t]).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, -1)
@@ -123,15 +133,12 @@ def grpo_update(
         logp = completion_logprobs(m, prompt, completions, comp_mask, group)
         old = jax.lax.stop_gradient(logp) if first_iteration else old_logp
         loss = grpo_loss(logp, old, ref_logp, advantages, comp_mask, beta, epsilon)
-        mask = comp_mask.astype(jnp.float32)
-        n = jnp.maximum(mask.sum(), 1.0)
-        diff = ref_logp - logp
         ratio = jnp.exp(logp - old)
         clipped = ((ratio < 1 - epsilon) | (ratio > 1 + epsilon)).astype(jnp.float32)
         return loss, {
             "loss": loss,
-            "kl": ((jnp.exp(diff) - diff - 1) * mask).sum() / n,
-            "clip_frac": (clipped * mask).sum() / n,
+            "kl": masked_mean(k3_kl(logp, ref_logp), comp_mask),
+            "clip_frac": masked_mean(clipped, comp_mask),
         }
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -228,10 +235,11 @@ def run_grpo(
             if skip:  # still report where the policy stands
                 with ctx():
                     logp = _logprobs_jit(model, prompt, comps, comp_mask, group=group)
-                m = comp_mask.astype(jnp.float32)
-                d = ref_logp - logp
-                kl = float(((jnp.exp(d) - d - 1) * m).sum() / jnp.maximum(m.sum(), 1.0))
-                aux = {"loss": 0.0, "kl": kl, "clip_frac": 0.0}
+                aux = {
+                    "loss": 0.0,
+                    "kl": float(masked_mean(k3_kl(logp, ref_logp), comp_mask)),
+                    "clip_frac": 0.0,
+                }
             last = {k: float(v) for k, v in aux.items()}
             last["skipped_update"] = float(skip)
             last.update(

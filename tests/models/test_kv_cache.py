@@ -32,7 +32,7 @@ def test_prefill_then_decode_matches_full_forward():
         logits, cache = decode(model, new[:, s : s + 1], decode_positions(nxt + s), cache)
         d = np.abs(np.asarray(logits[:, 0]) - full[:, length + s]).max()
         assert d < 1e-4, f"decode step {s}: {d}"
-    assert int(cache["index"]) == length + new.shape[1] - 1
+    assert int(cache.index) == length + new.shape[1] - 1
 
 
 def test_multi_token_decode_chunk():

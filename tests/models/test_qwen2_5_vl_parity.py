@@ -25,7 +25,7 @@ def load_ours(hf_model, tmp_path, **kw):
 def compare_all(ours, ref_model, ids, mask, pv=None, thw=None, position_ids=None):
     ref = hf_forward(ref_model, ids, mask, pv, thw, position_ids)
     inputs = ours.prepare_inputs(ids, mask, pv, thw, position_ids)
-    logits, hidden = ours.forward(**inputs, return_hidden=True)
+    logits, hidden = ours.forward(**inputs), ours.decoder_outputs(**inputs).layer_outputs
     valid = np.asarray(mask, bool)
     assert len(hidden) == len(ref.hidden_states) == ref_model.config.text_config.num_hidden_layers + 1
     # transformers' last hidden state is after the final norm; ours records the pre-norm stack.
@@ -109,7 +109,7 @@ def test_windows_really_partition_with_full_attention_block(tmp_path):
         out = ref_model.model.visual(
             torch.as_tensor(pv), grid_thw=torch.as_tensor(thw), output_hidden_states=True
         )
-    feats, hidden = ours.visual(pv, geo, return_hidden=True)
+    feats, hidden = ours.visual.with_block_outputs(pv, geo)
     assert len(hidden) == len(out.hidden_states) - 1 == 3
     for i, (a, b) in enumerate(zip(hidden, out.hidden_states[1:])):
         assert np.abs(np.asarray(a) - b.numpy()).max() < TOL, f"vision block {i}"

@@ -9,8 +9,11 @@ from r1ov_jax.models.qwen2_5_vl.config import (
     tiny,
 )
 from r1ov_jax.models.qwen2_5_vl.model import Qwen25VL, decode_positions, next_positions
+from r1ov_jax.models.qwen2_5_vl.text import DecoderOutput, KVCache
 
 __all__ = [
+    "DecoderOutput",
+    "KVCache",
     "Qwen25VL",
     "Qwen25VLConfig",
     "TextConfig",

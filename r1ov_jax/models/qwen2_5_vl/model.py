@@ -4,19 +4,22 @@ text decoder → logits. Entry points:
 * ``model(input_ids, attention_mask=..., pixel_values=..., image_grid_thw=...)`` takes exactly what the HF
   processor returns (NumPy or JAX), computes the host-side geometry and returns logits ``[b, L, vocab]``.
 * ``model.prepare_inputs(...)`` (host, NumPy) + ``model.forward(**inputs)`` (jit-able) split the same work
-  so training and sampling compile once per shape.
+  so training and sampling compile once per shape; ``model.decoder_outputs(**inputs)`` gives the hidden states.
 * ``model.prefill(...)`` / ``model.decode(...)`` run against a static KV cache for the sampler.
 """
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from r1ov_jax.layers.basic import Dense
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
-from r1ov_jax.models.qwen2_5_vl.text import TextModel, init_cache
+from r1ov_jax.models.qwen2_5_vl.text import DecoderOutput, KVCache, TextModel, init_cache
 from r1ov_jax.models.qwen2_5_vl.vision import VisionTower
 from r1ov_jax.processing.positions import get_rope_index, vision_geometry
 from r1ov_jax.sharding.rules import constrain
@@ -106,6 +109,17 @@ class Qwen25VL(nnx.Module):
         scattered = feats[idx].reshape(x.shape)
         return jnp.where(is_img[..., None], scattered, x)
 
+    def decoder(self, inputs_embeds, positions, segment_ids, cache: KVCache | None = None) -> DecoderOutput:
+        """The text decoder over embeddings (e.g. :meth:`embed` of a prompt joined with completion tokens)."""
+        return self.language_model(inputs_embeds, positions, segment_ids, cache)
+
+    def output_projection(self) -> tuple[jax.Array, bool]:
+        """(weight, vocab_major) of the LM head: the tied embedding ``[vocab, H]`` (vocab_major) or the untied
+        ``lm_head`` kernel ``[H, vocab]``; for losses that never materialize full logits."""
+        if self.cfg.tie_word_embeddings:
+            return self.language_model.embed_tokens.embedding[...], True
+        return self.lm_head.kernel[...], False
+
     def logits(self, hidden):
         if self.cfg.tie_word_embeddings:
             out = self.language_model.embed_tokens.attend(hidden)
@@ -113,48 +127,48 @@ class Qwen25VL(nnx.Module):
             out = self.lm_head(hidden)
         return constrain(out, ("batch", "length", "act_vocab") if out.ndim == 3 else ("batch", "act_vocab"))
 
-    def forward(
-        self,
-        input_ids,
-        segment_ids,
-        positions,
-        pixel_values=None,
-        vision=None,
-        *,
-        return_hidden: bool = False,
-    ):
+    def decoder_outputs(
+        self, input_ids, segment_ids, positions, pixel_values=None, vision=None
+    ) -> DecoderOutput:
+        """Final hidden states and every layer's output from prepared inputs (see :meth:`prepare_inputs`)."""
+        return self.decoder(self.embed(input_ids, pixel_values, vision), positions, segment_ids)
+
+    def forward(self, input_ids, segment_ids, positions, pixel_values=None, vision=None) -> jax.Array:
         """Logits ``[b, L, vocab]`` (float32) from prepared inputs (see :meth:`prepare_inputs`)."""
-        x = self.embed(input_ids, pixel_values, vision)
-        out = self.language_model(x, positions, segment_ids, return_hidden=return_hidden)
-        logits = self.logits(out[0]).astype(jnp.float32)
-        return (logits, out[2]) if return_hidden else logits
+        hidden = self.decoder_outputs(input_ids, segment_ids, positions, pixel_values, vision).hidden
+        return self.logits(hidden).astype(jnp.float32)
 
     def __call__(
         self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, position_ids=None
-    ):
-        return self.forward(
-            **self.prepare_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)
-        )
+    ) -> jax.Array:
+        """Logits from processor outputs; compiled once per input shape (host-side geometry, then a cached jit)."""
+        inputs = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, position_ids)
+        graphdef, state = nnx.split(self)
+        return _forward_jit(graphdef, state, inputs)
 
     # ------------------------------------------------------------------ KV-cache generation
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
         return init_cache(self.cfg, batch, max_len, dtype)
 
-    def prefill(self, input_ids, segment_ids, positions, cache, pixel_values=None, vision=None):
-        """Runs the prompt through the decoder writing the cache from slot ``cache["index"]`` on.
+    def prefill(self, input_ids, segment_ids, positions, cache: KVCache, pixel_values=None, vision=None):
+        """Runs the prompt through the decoder writing the cache from slot ``cache.index`` on.
 
         Returns (logits of the last position ``[b, vocab]``, new cache).
         """
-        x = self.embed(input_ids, pixel_values, vision)
-        h, cache = self.language_model(x, positions, segment_ids, cache)
-        return self.logits(h[:, -1]).astype(jnp.float32), cache
+        out = self.decoder(self.embed(input_ids, pixel_values, vision), positions, segment_ids, cache)
+        return self.logits(out.hidden[:, -1]).astype(jnp.float32), out.cache
 
-    def decode(self, tokens, positions, cache):
+    def decode(self, tokens, positions, cache: KVCache):
         """One step: tokens ``[b, t]`` at M-RoPE ``positions [3, b, t]`` → logits ``[b, t, vocab]``, cache."""
-        x = self.language_model.embed_tokens(tokens)
         segments = jnp.ones(tokens.shape, jnp.int32)
-        h, cache = self.language_model(x, positions, segments, cache)
-        return self.logits(h).astype(jnp.float32), cache
+        out = self.decoder(self.embed(tokens), positions, segments, cache)
+        return self.logits(out.hidden).astype(jnp.float32), out.cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_jit(graphdef, state, inputs):
+    # jax.jit over (graphdef, state) caches one executable per input shape for the documented model(...) call
+    return nnx.merge(graphdef, state).forward(**inputs)
 
 
 def next_positions(positions, segment_ids):

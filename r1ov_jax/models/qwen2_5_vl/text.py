@@ -1,13 +1,11 @@
 """Qwen2.5-VL text decoder (Qwen2 blocks with M-RoPE) in Flax NNX, with a static-shape KV cache.
 
-KV cache (a plain dict pytree, so it crosses jit boundaries and can be donated):
-  ``k``, ``v``: per layer ``[b, kv_heads, S, head_dim]`` (lists; head-major like transformers' cache, so attention
-  reads each head's keys in place instead of transposing the cache every step); ``segments``: ``int32 [b, S]``
-  (0 = empty or padding);
-  ``index``: ``int32 []``, the next slot to write. Slot number = causal position for attention.
+The KV cache is a :class:`KVCache` (a NamedTuple pytree, so it crosses jit boundaries and can be donated).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,21 @@ from r1ov_jax.layers.attention import attention, make_mask, resolve_impl
 from r1ov_jax.layers.basic import Dense, Embed, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
+
+
+class KVCache(NamedTuple):
+    """Static-shape KV cache of the decoder."""
+
+    k: list  # per layer [b, kv_heads, S, head_dim]: head-major like transformers' cache, read in place
+    v: list  # per layer, same shape
+    segments: jax.Array  # int32 [b, S], 0 = empty or padding
+    index: jax.Array  # int32 [], the next slot to write; slot number = causal position for attention
+
+
+class DecoderOutput(NamedTuple):
+    hidden: jax.Array  # final-normed hidden states [b, L, H] (what the logits are computed from)
+    cache: KVCache | None  # the updated cache when one was passed
+    layer_outputs: tuple  # the embeddings, then each layer's output (not normed): transformers' hidden_states
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -126,15 +139,15 @@ class TextModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(t.num_hidden_layers)])
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
 
-    def __call__(self, inputs_embeds, positions, segments, cache=None, *, return_hidden=False):
+    def __call__(self, inputs_embeds, positions, segments, cache: KVCache | None = None) -> DecoderOutput:
         """Decoder stack.
 
         Args:
           inputs_embeds: ``[b, L, H]``; positions: M-RoPE ``[3, b, L]``; segments: ``int32 [b, L]`` (0 = pad).
-          cache: KV cache dict (see module doc) or None for a plain causal forward.
+          cache: a :class:`KVCache` written from ``cache.index`` on, or None for a plain causal forward.
 
         Returns:
-          (final-normed hidden ``[b, L, H]``, new cache or None[, per-layer hidden states]).
+          :class:`DecoderOutput` (unused fields cost nothing under jit).
         """
         cos, sin = mrope_cos_sin(positions, self.cfg, inputs_embeds.dtype)
         x = inputs_embeds
@@ -142,7 +155,7 @@ class TextModel(nnx.Module):
         if cache is not None:
             length = x.shape[1]
             kv_segments = jax.lax.dynamic_update_slice(
-                cache["segments"], segments.astype(jnp.int32), (0, cache["index"])
+                cache.segments, segments.astype(jnp.int32), (0, cache.index)
             )
             new_k, new_v = [], []
         mask = None
@@ -151,12 +164,10 @@ class TextModel(nnx.Module):
             if cache is None:
                 mask = make_mask(segments, segments, causal=True)
             else:
-                q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(length, dtype=jnp.int32), (b, length))
+                q_pos = jnp.broadcast_to(cache.index + jnp.arange(length, dtype=jnp.int32), (b, length))
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
-            layer_cache = (
-                None if cache is None else (cache["k"][i], cache["v"][i], kv_segments, cache["index"])
-            )
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i], kv_segments, cache.index)
             call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
             x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
@@ -167,18 +178,18 @@ class TextModel(nnx.Module):
         x = self.norm(x)
         new_cache = None
         if cache is not None:
-            new_cache = {"k": new_k, "v": new_v, "segments": kv_segments, "index": cache["index"] + length}
-        return (x, new_cache, hidden) if return_hidden else (x, new_cache)
+            new_cache = KVCache(new_k, new_v, kv_segments, cache.index + length)
+        return DecoderOutput(x, new_cache, tuple(hidden))
 
 
-def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> dict:
+def init_cache(cfg: Qwen25VLConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty static-shape KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
     t = cfg.text
     dtype = cfg.dtype if dtype is None else dtype
     shape = (batch, t.num_key_value_heads, max_len, t.head_dim)
-    return {
-        "k": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
-        "v": [jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
-        "segments": jnp.zeros((batch, max_len), jnp.int32),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    return KVCache(
+        k=[jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
+        v=[jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)],
+        segments=jnp.zeros((batch, max_len), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )

@@ -105,8 +105,12 @@ class VisionTower(nnx.Module):
         emb = jnp.concatenate([emb, emb], axis=-1)
         return jnp.cos(emb), jnp.sin(emb)
 
-    def __call__(self, pixel_values, geometry: dict, *, return_hidden: bool = False):
-        """Image features.
+    def __call__(self, pixel_values, geometry: dict) -> jax.Array:
+        """Image features ``[N / merge**2, out_hidden]`` (see :meth:`with_block_outputs`)."""
+        return self.with_block_outputs(pixel_values, geometry)[0]
+
+    def with_block_outputs(self, pixel_values, geometry: dict) -> tuple[jax.Array, list]:
+        """Image features and the output of every block.
 
         Args:
           pixel_values: ``[N, C*T*P*P]`` as produced by the image processor.
@@ -114,8 +118,8 @@ class VisionTower(nnx.Module):
             rope_positions, window_segments, full_segments).
 
         Returns:
-          ``[N / merge**2, out_hidden]`` merged features in raster order per image, images concatenated;
-          with ``return_hidden`` also the list of block outputs (window-permuted, as transformers records them).
+          (``[N / merge**2, out_hidden]`` merged features in raster order per image, images concatenated; the list
+          of block outputs, window-permuted as transformers records them).
         """
         v = self.cfg.vision
         unit = v.spatial_merge_size**2
@@ -133,4 +137,4 @@ class VisionTower(nnx.Module):
             x = constrain(x, ("patches", "act_embed"))
             hidden.append(x)
         merged = self.merger(x)[geometry["reverse_index"]]
-        return (merged, hidden) if return_hidden else merged
+        return merged, hidden
