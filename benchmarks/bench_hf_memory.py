@@ -22,8 +22,6 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def rss_bytes() -> int:
     with open("/proc/self/status") as f:
@@ -152,7 +150,6 @@ def main():
     ap.add_argument("--layers", type=int, default=10)
     ap.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"))
     args = ap.parse_args()
-    sys.path.insert(0, ROOT)
     if args.child:
         return child(*args.child)
     cfg = config(args.hidden, args.layers)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,7 +23,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from r1ov_jax import hf  # noqa: E402
-from tests.hf_reference import IMG, V_END, V_START, hf_pixels, random_image  # noqa: E402
+from r1ov_jax.testing.hf_reference import IMG, V_END, V_START, hf_pixels, random_image  # noqa: E402
 
 
 def hf_model():

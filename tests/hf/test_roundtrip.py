@@ -11,7 +11,7 @@ import torch
 
 from r1ov_jax import hf
 from r1ov_jax.models.qwen2_5_vl import Qwen25VLConfig
-from tests.hf_reference import build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model
+from r1ov_jax.testing.hf_reference import build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model
 
 
 def _inputs():

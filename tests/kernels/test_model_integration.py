@@ -13,7 +13,7 @@ from r1ov_kernels import dispatch
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
 from r1ov_jax.rollout.sampler import SamplingConfig, generate, left_pad
-from tests.hf_reference import build_ids, hf_pixels, random_image
+from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 
 
 def _models(seed=0):

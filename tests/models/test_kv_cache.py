@@ -5,7 +5,7 @@ import numpy as np
 from flax import nnx
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, decode_positions, next_positions, tiny
-from tests.hf_reference import build_ids, hf_pixels, random_image
+from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 
 
 def test_prefill_then_decode_matches_full_forward():

@@ -10,7 +10,7 @@ import torch
 
 from r1ov_jax.models.qwen2_5_vl.text import mrope_cos_sin  # noqa: F401  (import check of the public module)
 from r1ov_jax.processing.positions import get_rope_index, vision_geometry
-from tests.hf_reference import IMG, build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model
+from r1ov_jax.testing.hf_reference import IMG, build_ids, hf_forward, hf_pixels, random_image, tiny_hf_model
 
 TOL = 1e-4
 

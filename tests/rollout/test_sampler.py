@@ -10,7 +10,7 @@ from scipy import stats
 
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
 from r1ov_jax.rollout.sampler import SamplingConfig, filter_logits, generate, left_pad
-from tests.hf_reference import build_ids, hf_pixels, random_image
+from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from r1ov_jax.sharding import (
 from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError, train_state
 from r1ov_jax.train.optim import default_optim_config, make_nnx_optimizer
 from r1ov_jax.train.sft import train_step
-from tests.hf_reference import build_ids, hf_pixels, random_image
+from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 2, 4), (2, 2, 2)]
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
@@ -172,7 +172,7 @@ def test_shard_model_in_place():
 
 def test_hf_import_streams_onto_the_mesh(tmp_path):
     from r1ov_jax import hf
-    from tests.hf_reference import tiny_hf_model
+    from r1ov_jax.testing.hf_reference import tiny_hf_model
 
     tiny_hf_model(seed=3).save_pretrained(tmp_path / "m")
     ids, pv, thw = _inputs()
