@@ -45,8 +45,8 @@ setup(
     python_requires=">=3.10",
     # Our Pallas kernels live in ./kernels but are installed as `r1ov_kernels`: an unrelated PyPI package
     # called `kernels` exists and transformers imports it when present.
-    packages=find_packages(include=["r1ov_jax", "r1ov_jax.*"]) + ["r1ov_kernels"],
-    package_dir={"r1ov_kernels": "kernels"},
+    packages=find_packages(include=["r1ov_jax", "r1ov_jax.*"]) + ["r1ov_kernels", "r1ov_configs"],
+    package_dir={"r1ov_kernels": "kernels", "r1ov_configs": "configs"},
     install_requires=RUNTIME,
     extras_require={
         "test": TEST,

@@ -1,11 +1,9 @@
-"""Paper GRPO recipe from the 3B SFT run (hyperparameters: r1ov_jax/train/paper.py).
-
-    r1ov grpo --config configs/qwen2_5_vl_3b_grpo.py --config.rl.init_from=runs/qwen2_5_vl_3b_sft \
-        --config.data.rl=/data/clevr_rl --config.mesh.fsdp=8
+"""The 7B GRPO recipe (configs/qwen2_5_vl_7b_grpo.py) on Qwen2.5-VL-3B: the paper trained the 7B; the 3B keeps
+its hyperparameters.
 """
 
-from r1ov_jax.train.paper import grpo_config
+from r1ov_configs.qwen2_5_vl_7b_grpo import get_config as recipe
 
 
 def get_config():
-    return grpo_config("3b")
+    return recipe("3b")

@@ -1,11 +1,9 @@
-"""Paper SFT recipe on Qwen2.5-VL-3B-Instruct (hyperparameters: r1ov_jax/train/paper.py).
-
-    r1ov sft --config configs/qwen2_5_vl_3b_sft.py --config.model.hf_path=/ckpt/Qwen2.5-VL-3B-Instruct \
-        --config.data.train=/data/r1ov_sft --config.mesh.fsdp=8
+"""The 7B SFT recipe (configs/qwen2_5_vl_7b_sft.py) on Qwen2.5-VL-3B: the paper trained the 7B; the 3B keeps
+its hyperparameters.
 """
 
-from r1ov_jax.train.paper import sft_config
+from r1ov_configs.qwen2_5_vl_7b_sft import get_config as recipe
 
 
 def get_config():
-    return sft_config("3b")
+    return recipe("3b")

@@ -19,63 +19,10 @@ from r1ov_jax.train.checkpoint import save_json_atomic
 
 
 def default_demo_config() -> ml_collections.ConfigDict:
-    from r1ov_jax.train.recipes import base_config
+    """The demo's recipe: ``configs/tiny_cpu.py`` (installed as ``r1ov_configs.tiny_cpu``)."""
+    from r1ov_configs.tiny_cpu import get_config
 
-    cfg = base_config()
-    cfg.demo = ml_collections.ConfigDict(
-        dict(
-            types=("scene",),
-            levels=(0,),
-            train_items=1200,
-            heldout_items=200,
-            rl_items=400,
-            workers=2,
-            seed=0,
-            heldout_seed=10_000_000,
-            rl_seed=20_000_000,
-            vocab_size=800,
-            eval_max_new_tokens=160,
-            eval_batch_size=32,
-        )
-    )
-    cfg.mesh.data = 1  # one device: the tiny model gains nothing from sharding
-    p = cfg.pipeline
-    p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 24  # ~ 120x180 px: 24 merged image tokens
-    p.seq_len, p.batch_size, p.max_patches = 512, 4, 1024
-    p.window_size = 56
-    p.prompt_batch_size, p.worker_count = 4, 0
-    p.max_prompt_len, p.max_prompt_patches = 128, 4 * 96  # static prompt shapes: the sampler compiles once
-    p.sft_suffix = True  # one prompt format for SFT, GRPO and evaluation
-    cfg.model.preset = "tiny"
-    cfg.model.text = ml_collections.ConfigDict(
-        dict(
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            mrope_section=(4, 6, 6),
-        )
-    )
-    cfg.model.vision = ml_collections.ConfigDict(
-        dict(
-            depth=4,
-            hidden_size=64,
-            intermediate_size=192,
-            num_heads=4,
-            out_hidden_size=128,
-            window_size=56,
-            fullatt_block_indexes=(1, 3),
-        )
-    )
-    s = cfg.sft
-    s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
-    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 300, 10, 100, 100
-    r = cfg.rl
-    r.optim.lr, r.optim.warmup_ratio = 1e-4, 0.0
-    r.grpo.num_generations, r.grpo.max_new_tokens, r.grpo.beta = 8, 160, 0.04
-    r.train.steps, r.train.log_every, r.train.ckpt_every = 40, 1, 10
-    return cfg
+    return get_config()
 
 
 def _records_texts(paths):
