@@ -8,10 +8,39 @@ videos are not supported by this port).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionGeometry:
+    """The vision tower's input geometry, defined once by the model config (``cfg.vision.geometry()``) and handed
+    to the image processor, the data pipeline and the prompt builder, so they cannot disagree."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    window_size: int = 112
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def unit(self) -> int:
+        """Patches per merged (LLM) token."""
+        return self.merge_size**2
+
+    def of(self, image_grid_thw) -> dict:
+        return vision_geometry(
+            image_grid_thw,
+            merge_size=self.merge_size,
+            window_size=self.window_size,
+            patch_size=self.patch_size,
+        )
 
 
 def _grids(image_grid_thw) -> np.ndarray:
@@ -189,46 +218,66 @@ def _empty_geometry() -> dict:
 
 
 def vision_inputs(
-    chunks: Sequence[np.ndarray],
-    grids: Sequence[np.ndarray],
+    rows: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     *,
-    max_patches: int | None,
-    patch_dim: int,
-    merge_size: int,
-    window_size: int,
-    patch_size: int,
+    patches_per_row: int | None,
+    geometry: VisionGeometry,
     alloc: Callable[[tuple, Any], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """``pixel_values`` and ``vision`` geometry of images given in token order.
+    """Per-row ``pixel_values [B, P, patch_dim]`` and ``vision`` geometry (each array ``[B, ...]``).
 
-    With ``max_patches`` the patches are written into one zero-padded ``[max_patches, patch_dim]`` buffer and the
-    geometry is padded with ``pad_vision`` (padding patches: segment 0); otherwise both are the plain concatenation.
+    ``rows[b] = (patch chunks, grids)`` of the images of batch row b in token order. Image patches travel with
+    their row, so a batch sharded over its rows gives every device the vision work of its own rows only (data-
+    parallel vision) and row b's features land in row b's ``<|image_pad|>`` slots. Each row is zero-padded to
+    ``P = patches_per_row`` (static shapes; None = the largest row, at least one merged token) with
+    ``pad_vision`` (padding patches: segment 0, attend to nothing).
     """
-    n = sum(int(c.shape[0]) for c in chunks)
-    grid = np.concatenate(grids).astype(np.int64) if grids else np.zeros((0, 3), np.int64)
-    geometry = (
-        vision_geometry(grid, merge_size=merge_size, window_size=window_size, patch_size=patch_size)
-        if len(grid)
-        else _empty_geometry()
-    )
-    if max_patches is None:
-        pixels = (
-            np.concatenate(chunks).astype(np.float32, copy=False)
-            if chunks
-            else np.zeros((0, patch_dim), np.float32)
+    unit = geometry.unit
+    counts = [sum(int(c.shape[0]) for c in chunks) for chunks, _ in rows]
+    if patches_per_row is None:
+        patches_per_row = max(unit, -(-max(counts, default=0) // unit) * unit)
+    if max(counts, default=0) > patches_per_row:
+        raise ValueError(
+            f"a row has {max(counts)} vision patches but the per-row budget is {patches_per_row}"
         )
-        return pixels, geometry
-    if n > max_patches:
-        raise ValueError(f"batch has {n} vision patches but max_patches is {max_patches}")
-    shape = (max_patches, patch_dim)
-    pixels = alloc(shape, np.float32) if alloc is not None else np.empty(shape, np.float32)
-    offset = 0
-    for c in chunks:
-        pixels[offset : offset + len(c)] = c
-        offset += len(c)
-    if alloc is None:  # `alloc` hands out zero-filled memory (fresh shared memory): don't fault its pages in
-        pixels[offset:] = 0
-    # pad_vision pads patches and geometry together; the patches are already in place, so hand it a zero-width
-    # view and keep only the geometry (saves two copies of a buffer that is tens of MB for real image sizes).
-    _, vision = pad_vision(np.empty((n, 0), np.float32), geometry, max_patches, merge_size)
+    shape = (len(rows), patches_per_row, geometry.patch_dim)
+    pixels = alloc(shape, np.float32) if alloc is not None else np.zeros(shape, np.float32)
+    geometries = []
+    for b, (chunks, grids) in enumerate(rows):
+        offset = 0
+        for c in chunks:
+            pixels[b, offset : offset + len(c)] = c
+            offset += len(c)
+        geo = geometry.of(np.concatenate(grids)) if len(grids) else _empty_geometry()
+        # pad_vision pads patches and geometry together; the patches are already in place, so hand it a
+        # zero-width view and keep only the geometry (saves copies of a buffer of tens of MB per row).
+        geometries.append(
+            pad_vision(np.empty((offset, 0), np.float32), geo, patches_per_row, geometry.merge_size)[1]
+        )
+    vision = {k: np.stack([g[k] for g in geometries]) for k in geometries[0]} if geometries else {}
     return pixels, vision
+
+
+def split_images_by_row(input_ids: np.ndarray, image_grid_thw, pixel_values, *, image_token_id: int):
+    """HF processor outputs (all images concatenated in row-major token order) → per-row (chunks, grids)."""
+    ids = np.asarray(input_ids)
+    is_img = ids == image_token_id
+    starts = is_img & ~np.pad(is_img, ((0, 0), (1, 0)))[:, :-1]  # first token of each image run
+    per_row = starts.sum(1)
+    grid = np.zeros((0, 3), np.int64) if image_grid_thw is None else _grids(image_grid_thw)
+    if int(per_row.sum()) != len(grid):
+        raise ValueError(
+            f"input_ids hold {int(per_row.sum())} image-token runs but image_grid_thw has {len(grid)}"
+        )
+    sizes = grid.prod(-1)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    rows, k = [], 0
+    for n in per_row:
+        rows.append(
+            (
+                [pixel_values[bounds[j] : bounds[j + 1]] for j in range(k, k + n)],
+                [grid[j : j + 1] for j in range(k, k + n)],
+            )
+        )
+        k += n
+    return rows

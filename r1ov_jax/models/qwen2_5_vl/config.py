@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 import jax.numpy as jnp
+
+from r1ov_jax.processing.positions import VisionGeometry
 from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 # Text keys of the flat 4.x layout (everything not vision/top-level belongs to the text model).
@@ -49,6 +51,12 @@ class VisionConfig:
     @property
     def patch_dim(self) -> int:
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    def geometry(self) -> VisionGeometry:
+        """The input geometry the processor, the data pipeline and the prompt builder must use."""
+        return VisionGeometry(
+            self.patch_size, self.temporal_patch_size, self.spatial_merge_size, self.window_size
+        )
 
 
 @dataclasses.dataclass(frozen=True)
