@@ -22,7 +22,9 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     cfg.pipeline.max_pixels = 768 * 768
     cfg.pipeline.seq_len = 8192
     cfg.pipeline.batch_size = 128  # global; split over processes and the mesh's data axes
-    cfg.pipeline.max_patches = 128 * 3072
+    cfg.pipeline.max_patches = (
+        8192  # per row: two images at the 768x768 cap (3009 patches each) and more small ones
+    )
 
     o = cfg.sft.optim
     o.lr, o.warmup_ratio, o.weight_decay, o.clip_norm = 1e-5, 0.05, 0.0, 1.0

@@ -10,9 +10,9 @@ Used by ``r1ov_jax.data.pipeline``; the example dicts come from its ``map`` stag
   counts are part of the iterator state, so they survive checkpoints and can be read back from worker
   processes with :func:`skipped_counts`), log them and go on.
 
-Why our own packer and not ``grain.experimental.FirstFitPackIterDataset``: a batch also has a static budget of
-vision patches (``max_patches``, all images of the batch concatenated), and the images must be emitted in the
-row-major order of their ``<|image_pad|>`` runs, which Grain's packers know nothing about.
+Why our own packer and not ``grain.experimental.FirstFitPackIterDataset``: each row also has a static budget of
+vision patches (``max_patches``: the row's images travel with it), and the images must be emitted in the token
+order of their ``<|image_pad|>`` runs, which Grain's packers know nothing about.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from grain._src.python.ipc import shared_memory_array
 
-from r1ov_jax.processing.positions import vision_inputs
+from r1ov_jax.processing.positions import VisionGeometry, vision_inputs
 from r1ov_jax.processing.prompts import assemble_prompt_batch
 
 log = logging.getLogger(__name__)
@@ -41,26 +41,25 @@ def assemble_packed_batch(
     seq_len: int,
     pad_id: int,
     max_patches: int,
-    patch_dim: int,
-    merge_size: int,
-    window_size: int,
-    patch_size: int,
+    geometry: VisionGeometry,
     alloc: Callable[[tuple, Any], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The SFT batch of ``rows`` (each a list of examples laid out left to right, then right-padded).
 
     Returns ``input_ids int32[B, S]`` (pad_id on padding), ``segment_ids int32[B, S]`` (1..k per row, 0 padding),
     ``loss_mask bool[B, S]``, ``positions int32[3, B, S]`` (each segment's own M-RoPE positions; 0 on padding),
-    ``pixel_values float32[max_patches, patch_dim]`` and ``vision`` (padded geometry). Images are concatenated in
-    row-major token order: row 0's segments first, each segment's images in its own order.
+    ``pixel_values float32[B, max_patches, patch_dim]`` and ``vision`` (per-row padded geometry): each row's
+    images, its segments' images in token order, travel with the row (``positions.vision_inputs``).
     """
     b = len(rows)
     input_ids = np.full((b, seq_len), pad_id, np.int32)
     segment_ids = np.zeros((b, seq_len), np.int32)
     loss_mask = np.zeros((b, seq_len), np.bool_)
     positions = np.zeros((3, b, seq_len), np.int32)
-    chunks, grids = [], []
+    vision_rows = []
     for r, row in enumerate(rows):
+        chunks, grids = [], []
+        vision_rows.append((chunks, grids))
         offset = 0
         for k, ex in enumerate(row, start=1):
             n = len(ex["input_ids"])
@@ -76,9 +75,8 @@ def assemble_packed_batch(
                 grids.append(ex["grid"])
             offset += n
     pixel_values, vision = vision_inputs(
-        chunks, grids, max_patches=max_patches, patch_dim=patch_dim, merge_size=merge_size,
-        window_size=window_size, patch_size=patch_size, alloc=alloc,
-    )  # fmt: skip
+        vision_rows, patches_per_row=max_patches, geometry=geometry, alloc=alloc
+    )
     return {
         "input_ids": input_ids,
         "segment_ids": segment_ids,
@@ -135,8 +133,8 @@ def skipped_counts(state_or_iterator: Any) -> dict[str, int]:
 class _PackedBatchIterator(grain.DatasetIterator):
     """Greedy first-fit packing into one open batch of ``batch_size`` rows.
 
-    Each example goes into the first row with room for its tokens, provided the batch's vision patches stay within
-    ``max_patches``. The first example that fits nowhere closes the batch and opens the next one. State = the
+    Each example goes into the first row with room for its tokens and its vision patches (at most ``max_patches``
+    per row: the row's static patch buffer). The first example that fits nowhere closes the batch and opens the next one. State = the
     parent's state *before* that carried-over example (plus the skip counts), so a restored iterator re-reads it
     and rebuilds exactly the same batches; nothing else is ever buffered across ``__next__`` calls.
     """
@@ -178,7 +176,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
         s = self._spec
         rows: list[list[dict]] = [[] for _ in range(s["batch_size"])]
         used = [0] * s["batch_size"]
-        patches = 0
+        patches = [0] * s["batch_size"]
         while True:
             if self._pending is None:
                 got = self._next_valid()
@@ -187,14 +185,12 @@ class _PackedBatchIterator(grain.DatasetIterator):
                 self._pending, self._pending_state = got
             ex = self._pending
             n, p = len(ex["input_ids"]), int(ex["pixel_values"].shape[0])
-            if patches + p > s["max_patches"]:
-                break
             for r in range(s["batch_size"]):
-                room = used[r] + n <= s["seq_len"] if s["pack"] else used[r] == 0
-                if room:
+                room = used[r] + n <= s["seq_len"] and patches[r] + p <= s["max_patches"]
+                if room if s["pack"] else used[r] == 0:
                     rows[r].append(ex)
                     used[r] += n
-                    patches += p
+                    patches[r] += p
                     self._pending = None
                     break
             else:
@@ -202,8 +198,8 @@ class _PackedBatchIterator(grain.DatasetIterator):
         if not any(used):
             raise StopIteration
         return assemble_packed_batch(
-            rows, seq_len=s["seq_len"], pad_id=s["pad_id"], max_patches=s["max_patches"], patch_dim=s["patch_dim"],
-            merge_size=s["merge_size"], window_size=s["window_size"], patch_size=s["patch_size"], alloc=self._alloc,
+            rows, seq_len=s["seq_len"], pad_id=s["pad_id"], max_patches=s["max_patches"], geometry=s["geometry"],
+            alloc=self._alloc,
         )  # fmt: skip
 
     def get_state(self) -> dict:
@@ -229,22 +225,19 @@ class PackedBatchIterDataset(grain.IterDataset):
         max_patches: int,
         pack: bool,
         pad_id: int,
-        patch_dim: int,
-        merge_size: int,
-        window_size: int,
-        patch_size: int,
+        geometry: VisionGeometry,
     ):
         super().__init__(parent)
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
-        if max_patches < merge_size**2 or max_patches % merge_size**2:
+        unit = geometry.unit
+        if max_patches < unit or max_patches % unit:
             raise ValueError(
-                f"max_patches must be a positive multiple of merge_size**2={merge_size**2}, got {max_patches}"
+                f"max_patches (per row) must be a positive multiple of {unit}, got {max_patches}"
             )
         self._spec = {
             "batch_size": int(batch_size), "seq_len": int(seq_len), "max_patches": int(max_patches),
-            "pack": bool(pack), "pad_id": int(pad_id), "patch_dim": int(patch_dim), "merge_size": int(merge_size),
-            "window_size": int(window_size), "patch_size": int(patch_size),
+            "pack": bool(pack), "pad_id": int(pad_id), "geometry": geometry,
         }  # fmt: skip
         self._shared_memory = False
 
@@ -286,19 +279,20 @@ class _PromptBatchIterator(grain.DatasetIterator):
                     "too_long", ex["where"], ex["id"], f"{n} tokens > max_prompt_len {s['max_prompt_len']}"
                 )
                 continue
-            if s["per_prompt_patches"] is not None and p > s["per_prompt_patches"]:
+            if s["max_patches"] is not None and p > s["max_patches"]:
                 self._skips.add(
-                    "too_many_patches", ex["where"], ex["id"],
-                    f"{p} vision patches > max_prompt_patches / prompt_batch_size = {s['per_prompt_patches']}",
-                )  # fmt: skip
+                    "too_many_patches",
+                    ex["where"],
+                    ex["id"],
+                    f"{p} vision patches > max_prompt_patches {s['max_patches']}",
+                )
                 continue
             batch.append(ex)
         if not batch:
             raise StopIteration
         return assemble_prompt_batch(
             batch, pad_id=s["pad_id"], image_token_id=s["image_token_id"], max_prompt_len=s["max_prompt_len"],
-            max_patches=s["max_patches"], patch_dim=s["patch_dim"], merge_size=s["merge_size"],
-            window_size=s["window_size"], patch_size=s["patch_size"],
+            max_patches=s["max_patches"], geometry=s["geometry"],
         )  # fmt: skip
 
     def get_state(self) -> dict:
@@ -311,8 +305,8 @@ class _PromptBatchIterator(grain.DatasetIterator):
 
 class PromptBatchIterDataset(grain.IterDataset):
     """Batches of ``batch_size`` prompts (see :func:`assemble_prompt_batch`); the last one may be smaller when the
-    stream ends. With ``max_patches`` set, every prompt may use at most ``max_patches // batch_size`` patches
-    (others are skipped as "too_many_patches"), so any batch fits the static vision buffer."""
+    stream ends. With ``max_patches`` set, every prompt may use at most ``max_patches`` patches (others are
+    skipped as "too_many_patches"): its row of the static vision buffer."""
 
     def __init__(
         self,
@@ -323,29 +317,19 @@ class PromptBatchIterDataset(grain.IterDataset):
         image_token_id: int,
         max_prompt_len: int | None,
         max_patches: int | None,
-        patch_dim: int,
-        merge_size: int,
-        window_size: int,
-        patch_size: int,
+        geometry: VisionGeometry,
     ):
         super().__init__(parent)
         if batch_size < 1:
             raise ValueError(f"prompt batch_size must be positive, got {batch_size}")
-        per_prompt = None
-        if max_patches is not None:
-            unit = merge_size**2
-            if max_patches % unit or max_patches // batch_size < unit:
-                raise ValueError(
-                    f"max_prompt_patches={max_patches} must be a multiple of {unit} and leave at least {unit} "
-                    f"patches per prompt for prompt_batch_size={batch_size}"
-                )
-            per_prompt = max_patches // batch_size
+        if max_patches is not None and (max_patches < geometry.unit or max_patches % geometry.unit):
+            raise ValueError(
+                f"max_prompt_patches={max_patches} (per prompt) must be a positive multiple of {geometry.unit}"
+            )
         self._spec = {
             "batch_size": int(batch_size), "pad_id": int(pad_id), "image_token_id": int(image_token_id),
             "max_prompt_len": None if max_prompt_len is None else int(max_prompt_len),
-            "max_patches": None if max_patches is None else int(max_patches), "per_prompt_patches": per_prompt,
-            "patch_dim": int(patch_dim), "merge_size": int(merge_size), "window_size": int(window_size),
-            "patch_size": int(patch_size),
+            "max_patches": None if max_patches is None else int(max_patches), "geometry": geometry,
         }  # fmt: skip
 
     def __iter__(self) -> _PromptBatchIterator:

@@ -16,9 +16,9 @@ Batch formats (the SFT trainer and the GRPO learner consume them as they are):
 * SFT (:func:`sft_dataset`): ``input_ids int32[B, S]``, ``segment_ids int32[B, S]`` (1..k per row for packed
   examples, 0 = padding), ``loss_mask bool[B, S]`` (assistant content + its ``<|im_end|>``), ``positions
   int32[3, B, S]`` (each example's own ``get_rope_index`` placed at its offset, 0 on padding), ``pixel_values
-  float32[max_patches, C*T*P*P]`` and ``vision`` (``vision_geometry`` of all images of the batch in row-major
-  token order, padded by ``pad_vision``). The model scatters the i-th merged feature into the i-th
-  ``<|image_pad|>`` read row-major, which is exactly this image order.
+  float32[B, max_patches, C*T*P*P]`` and ``vision`` (per row: ``vision_geometry`` of the row's images in token
+  order, padded by ``pad_vision``). The model scatters row b's i-th merged feature into row b's i-th
+  ``<|image_pad|>``: images travel with their row, so sharding the batch shards the vision work.
 * prompts (:func:`grpo_dataset`, :func:`prompt_batches`): ``{"inputs": {input_ids, segment_ids, positions,
   pixel_values, vision}, "answers", "choices", "ids"}``, prompts left-padded, ending in
   ``<|im_start|>assistant\\n``; no answer in the prompt.
@@ -49,7 +49,7 @@ from r1ov_jax.processing.prompts import (
     tokenize_prompt,
 )
 from r1ov_jax.processing.image import ImageProcessor
-from r1ov_jax.processing.positions import get_rope_index
+from r1ov_jax.processing.positions import VisionGeometry, get_rope_index
 from r1ov_jax.processing.tokenizer import Tokenizer
 from r1ov_jax.errors import InvalidInputError, MissingInputError
 
@@ -69,13 +69,14 @@ __all__ = [
 def default_pipeline_config() -> ml_collections.ConfigDict:
     """Pipeline settings (the ``data`` block of the training configs).
 
-    seq_len / batch_size: SFT rows and rows per batch. max_patches: static number of vision patch rows per SFT
-    batch (all its images concatenated, then padded; multiple of merge_size**2). min_pixels / max_pixels: image
-    resize bounds (448x448 = 200704 keeps one image at 1024 patches). pack: first-fit packing (False: one example per
+    seq_len / batch_size: SFT rows and rows per batch (global). max_patches: static number of vision patches per
+    SFT row (its images concatenated, then padded; a multiple of merge_size**2). min_pixels / max_pixels: image
+    resize bounds (448x448 = 200704 keeps one image at 1024 patches). The patch, merge and window sizes are the
+    model's (``VisionGeometry``), never set here. pack: first-fit packing (False: one example per
     row). shuffle / seed / num_epochs (None = repeat forever). worker_count: Grain worker processes (0 = in this
     process, with read_threads threads); worker_buffer_size: batches each worker prepares ahead.
     system_prompt / rl_suffix: chat text (sft_suffix: append rl_suffix to SFT prompts too). prompt_batch_size / max_prompt_len (None = longest in the batch) /
-    max_prompt_patches (None = unpadded images) shape GRPO prompt batches.
+    max_prompt_patches (per prompt; None = the largest prompt of the batch) shape GRPO prompt batches.
     """
     return ml_collections.ConfigDict(
         {
@@ -83,11 +84,7 @@ def default_pipeline_config() -> ml_collections.ConfigDict:
             "batch_size": 8,
             "min_pixels": 3136,
             "max_pixels": 448 * 448,
-            "max_patches": 8192,
-            "patch_size": 14,
-            "merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
+            "max_patches": 1024,
             "pack": True,
             "shuffle": True,
             "seed": 0,
@@ -123,16 +120,14 @@ def prompt_format(cfg: ml_collections.ConfigDict, mode: str) -> PromptFormat:
     return PromptFormat(system=cfg.system_prompt, suffix=suffix)
 
 
-def _image_processor(cfg) -> ImageProcessor:
-    # One thread: parallelism comes from Grain's read threads / worker processes.
+def image_processor(
+    cfg: ml_collections.ConfigDict, geometry: VisionGeometry, num_threads: int = 1
+) -> ImageProcessor:
+    """The image processor of a pipeline config and the model's geometry (also written into run dirs)."""
     return ImageProcessor(
-        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=cfg.patch_size,
-        temporal_patch_size=cfg.temporal_patch_size, merge_size=cfg.merge_size, num_threads=1,
+        min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=geometry.patch_size,
+        temporal_patch_size=geometry.temporal_patch_size, merge_size=geometry.merge_size, num_threads=num_threads,
     )  # fmt: skip
-
-
-def _patch_dim(cfg) -> int:
-    return 3 * cfg.temporal_patch_size * cfg.patch_size**2
 
 
 class _Locator:
@@ -155,17 +150,18 @@ class _Example:
     mode "prompt": system + user(images, question, rl_suffix) + generation prompt.
     """
 
-    def __init__(self, tokenizer: Tokenizer, cfg, mode: str, locate=None):
+    def __init__(self, tokenizer: Tokenizer, cfg, mode: str, geometry: VisionGeometry, locate=None):
         if mode not in ("sft", "prompt"):
             raise InvalidInputError(f"mode must be 'sft' or 'prompt', got {mode!r}")
         self.tokenizer = tokenizer
         self.mode = mode
         self.locate = locate
-        self.image_processor = _image_processor(cfg)
+        # One thread: parallelism comes from Grain's read threads / worker processes.
+        self.image_processor = image_processor(cfg, geometry)
         # sft_suffix: SFT prompts end with the same instruction as GRPO/eval prompts (one prompt format end to end)
         self.fmt = prompt_format(cfg, mode)
-        self.merge_size = int(cfg.merge_size)
-        self.patch_dim = _patch_dim(cfg)
+        self.merge_size = geometry.merge_size
+        self.patch_dim = geometry.patch_dim
         self.image_token_id = tokenizer.image_pad_id
 
     def __call__(self, index: int, item: bytes | Record) -> dict:
@@ -234,7 +230,7 @@ def _resolve_paths(paths: str | os.PathLike | Sequence[str]) -> list[str]:
     return paths
 
 
-def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) -> grain.IterDataset:
+def _record_source(paths, tokenizer, cfg, mode, geometry, process_index, process_count) -> grain.IterDataset:
     """Shared front of both datasets, up to the iterator of processed examples (or skip markers)."""
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -254,7 +250,7 @@ def _record_source(paths, tokenizer, cfg, mode, process_index, process_count) ->
         )
     source = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
     # Map on the source so the index is the global record index (for "file:row" in error messages).
-    ds = source.map_with_index(_Example(tokenizer, cfg, mode, _Locator(paths, counts)))
+    ds = source.map_with_index(_Example(tokenizer, cfg, mode, geometry, _Locator(paths, counts)))
     ds = ds[process_index::process_count]  # disjoint per-process shards, each reshuffled every epoch
     if cfg.shuffle:
         ds = ds.shuffle(seed=int(cfg.seed))
@@ -292,6 +288,7 @@ def sft_dataset(
     tokenizer: Tokenizer,
     cfg: ml_collections.ConfigDict,
     *,
+    geometry: VisionGeometry,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
@@ -301,24 +298,23 @@ def sft_dataset(
       paths: a directory written by ``synthesize`` / the TFDS builder, one shard path, or a list of paths.
       tokenizer: gives the ids (and ``<|image_pad|>`` / pad ids).
       cfg: :func:`default_pipeline_config` (or a config with the same fields).
+      geometry: the model's vision geometry (``model.cfg.vision.geometry()``).
       process_index, process_count: this host's disjoint share of the records (``jax.process_index()``/``count``).
     Returns:
       A Grain ``IterDataset``; ``it = iter(ds)`` yields numpy batch dicts and has ``get_state()``/``set_state()``.
     """
-    ds = _record_source(paths, tokenizer, cfg, "sft", process_index, process_count)
+    ds = _record_source(paths, tokenizer, cfg, "sft", geometry, process_index, process_count)
     ds = PackedBatchIterDataset(
         ds, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_patches=cfg.max_patches, pack=cfg.pack,
-        pad_id=tokenizer.pad_id, patch_dim=_patch_dim(cfg), merge_size=cfg.merge_size,
-        window_size=cfg.window_size, patch_size=cfg.patch_size,
+        pad_id=tokenizer.pad_id, geometry=geometry,
     )  # fmt: skip
     return _with_workers(ds, cfg)
 
 
-def _prompt_batcher(ds, tokenizer, cfg, batch_size):
+def _prompt_batcher(ds, tokenizer, cfg, batch_size, geometry):
     return PromptBatchIterDataset(
         ds, batch_size=batch_size, pad_id=tokenizer.pad_id, image_token_id=tokenizer.image_pad_id,
-        max_prompt_len=cfg.max_prompt_len, max_patches=cfg.max_prompt_patches, patch_dim=_patch_dim(cfg),
-        merge_size=cfg.merge_size, window_size=cfg.window_size, patch_size=cfg.patch_size,
+        max_prompt_len=cfg.max_prompt_len, max_patches=cfg.max_prompt_patches, geometry=geometry,
     )  # fmt: skip
 
 
@@ -327,6 +323,7 @@ def grpo_dataset(
     tokenizer: Tokenizer,
     cfg: ml_collections.ConfigDict,
     *,
+    geometry: VisionGeometry,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
@@ -335,12 +332,17 @@ def grpo_dataset(
     Prompt = system + user(images, question, choices, "\\n" + rl_suffix) + ``<|im_start|>assistant\\n``; gold
     answers and choices travel beside it for the rewards. Checkpointable like :func:`sft_dataset`.
     """
-    ds = _record_source(paths, tokenizer, cfg, "prompt", process_index, process_count)
-    return _with_workers(_prompt_batcher(ds, tokenizer, cfg, int(cfg.prompt_batch_size)), cfg)
+    ds = _record_source(paths, tokenizer, cfg, "prompt", geometry, process_index, process_count)
+    return _with_workers(_prompt_batcher(ds, tokenizer, cfg, int(cfg.prompt_batch_size), geometry), cfg)
 
 
 def prompt_batches(
-    records: Iterable[Record], tokenizer: Tokenizer, cfg: ml_collections.ConfigDict, batch_size: int
+    records: Iterable[Record],
+    tokenizer: Tokenizer,
+    cfg: ml_collections.ConfigDict,
+    batch_size: int,
+    *,
+    geometry: VisionGeometry,
 ) -> Iterator[dict]:
     """Prompt batches (the GRPO format) of a finite list of Records, in order, no shuffle (for evaluation).
 
@@ -348,11 +350,11 @@ def prompt_batches(
     hold fewer than ``batch_size`` prompts.
     """
     records = list(records)
-    ds = grain.MapDataset.source(records).map_with_index(_Example(tokenizer, cfg, "prompt"))
+    ds = grain.MapDataset.source(records).map_with_index(_Example(tokenizer, cfg, "prompt", geometry))
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=int(cfg.read_threads), prefetch_buffer_size=int(cfg.read_buffer_size))
     )
-    it = iter(_prompt_batcher(ds, tokenizer, cfg, int(batch_size)))
+    it = iter(_prompt_batcher(ds, tokenizer, cfg, int(batch_size), geometry))
     yield from it
     counts = skipped_counts(it)
     if counts:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from r1ov_jax.processing.chat import DEFAULT_SYSTEM, tokenize_conversation
-from r1ov_jax.processing.positions import get_rope_index, vision_inputs
+from r1ov_jax.processing.positions import VisionGeometry, get_rope_index, vision_inputs
 
 if TYPE_CHECKING:
     from r1ov_jax.processing.tokenizer import Tokenizer
@@ -113,17 +113,14 @@ def assemble_prompt_batch(
     image_token_id: int,
     max_prompt_len: int | None,
     max_patches: int | None,
-    patch_dim: int,
-    merge_size: int,
-    window_size: int,
-    patch_size: int,
+    geometry: VisionGeometry,
 ) -> dict[str, Any]:
     """Left-padded prompt batch for sampling (GRPO rollouts, evaluation).
 
     Returns ``{"inputs": {input_ids int32[b, L], segment_ids int32[b, L] (1 valid, 0 pad), positions int32[3, b, L],
-    pixel_values, vision}, "answers", "choices", "ids"}``. L = ``max_prompt_len`` or the longest prompt.
-    ``pixel_values``/``vision`` are padded to ``max_patches`` when it is set (static shapes), else the plain
-    concatenation; without any image (and no ``max_patches``) both keys are absent.
+    pixel_values [b, P, patch_dim], vision}, "answers", "choices", "ids"}``. L = ``max_prompt_len`` or the longest
+    prompt; P = ``max_patches`` (the per-prompt budget: static shapes) or the prompt with most patches (see
+    ``positions.vision_inputs``); without any image and no ``max_patches`` both keys are absent.
     """
     if not examples:
         raise ValueError("assemble_prompt_batch needs at least one prompt")
@@ -134,21 +131,21 @@ def assemble_prompt_batch(
     b = len(examples)
     ids = np.full((b, length), pad_id, np.int32)
     mask = np.zeros((b, length), np.int32)
-    chunks, grids = [], []
+    rows = []
     for i, ex in enumerate(examples):
         ids[i, length - lengths[i] :] = ex["input_ids"]
         mask[i, length - lengths[i] :] = 1
-        if len(ex["grid"]):
-            chunks.append(ex["pixel_values"])
-            grids.append(ex["grid"])
+        rows.append(([ex["pixel_values"]], [ex["grid"]]) if len(ex["grid"]) else ([], []))
+    grids = [g for _, gs in rows for g in gs]
     grid = np.concatenate(grids) if grids else None
-    positions, _ = get_rope_index(ids, grid, mask, image_token_id=image_token_id, merge_size=merge_size)
+    positions, _ = get_rope_index(
+        ids, grid, mask, image_token_id=image_token_id, merge_size=geometry.merge_size
+    )
     inputs = {"input_ids": ids, "segment_ids": mask, "positions": positions}
     if grids or max_patches is not None:
         inputs["pixel_values"], inputs["vision"] = vision_inputs(
-            chunks, grids, max_patches=max_patches, patch_dim=patch_dim, merge_size=merge_size,
-            window_size=window_size, patch_size=patch_size,
-        )  # fmt: skip
+            rows, patches_per_row=max_patches, geometry=geometry
+        )
     return {
         "inputs": inputs,
         "answers": [ex["answer"] for ex in examples],

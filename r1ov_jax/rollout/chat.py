@@ -46,8 +46,7 @@ def encode_prompts(
         examples.append(ex)
     batch = assemble_prompt_batch(
         examples, pad_id=tokenizer.pad_id, image_token_id=model.cfg.image_token_id, max_prompt_len=None,
-        max_patches=None, patch_dim=vc.patch_dim, merge_size=vc.spatial_merge_size, window_size=vc.window_size,
-        patch_size=vc.patch_size,
+        max_patches=None, geometry=vc.geometry(),
     )  # fmt: skip
     return batch["inputs"]
 

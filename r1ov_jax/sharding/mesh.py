@@ -138,21 +138,24 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
     """Host-local batch → global arrays split over (data, fsdp) on the batch axis.
 
-    Each process passes its own slice (per-process data sharding); arrays whose batch axis the data axes do
-    not divide (vision patches concatenated over the batch, geometry) are replicated.
+    Each process passes its own rows (per-process data sharding). Every array has the batch axis first (M-RoPE
+    ``positions`` second), vision patches and geometry included: images travel with their row, so each device
+    gets the vision work of its own rows. A batch the data axes do not divide must be the same on every process
+    and is replicated.
     """
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
     def put(path, x):
         x = np.asarray(x)
-        name = jax.tree_util.keystr(path)
-        axis = 1 if name.endswith("['positions']") else 0
-        divisible = (
-            x.ndim > axis
-            and (x.shape[axis] * jax.process_count()) % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
-        )
-        if "vision" in name or "pixel_values" in name or not divisible:
-            return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec()), x)
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, axis), x)
+        axis = 1 if jax.tree_util.keystr(path).endswith("['positions']") else 0
+        if x.ndim > axis and (x.shape[axis] * jax.process_count()) % shards == 0:
+            return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, axis), x)
+        if jax.process_count() > 1:
+            raise InvalidInputError(
+                f"batch array {jax.tree_util.keystr(path)} of shape {x.shape}: {jax.process_count()} processes x "
+                f"{x.shape[axis] if x.ndim > axis else 0} rows is not divisible by the {shards} data shards"
+            )
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec()), x)
 
     return jax.tree_util.tree_map_with_path(put, batch)
 

@@ -18,9 +18,8 @@ import ml_collections
 from flax import nnx
 
 from r1ov_jax import runs
-from r1ov_jax.data.pipeline import grpo_dataset, prompt_format, sft_dataset
+from r1ov_jax.data.pipeline import grpo_dataset, image_processor, prompt_format, sft_dataset
 from r1ov_jax.data.record import shard_paths
-from r1ov_jax.processing import ImageProcessor
 from r1ov_jax.processing.tokenizer import Tokenizer
 from r1ov_jax.train import grpo as grpo_lib
 from r1ov_jax.train import sft as sft_lib
@@ -51,11 +50,6 @@ def load_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
     if path.endswith(".model"):
         return Tokenizer.from_sentencepiece(path)
     return Tokenizer.from_pretrained(path)
-
-
-def image_processor(cfg: ml_collections.ConfigDict) -> ImageProcessor:
-    p = cfg.pipeline
-    return ImageProcessor(min_pixels=p.min_pixels, max_pixels=p.max_pixels)
 
 
 def per_process(pipeline_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -94,14 +88,16 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
     mesh = make_mesh_if_needed(cfg)
     tok = load_tokenizer(cfg)
     model = build_model(cfg.model, tok)
+    geometry = model.cfg.vision.geometry()
     runs.create(
-        out_dir, model, tok, image_processor(cfg), stage="sft", base=cfg.model.hf_path or None,
+        out_dir, model, tok, image_processor(cfg.pipeline, geometry), stage="sft", base=cfg.model.hf_path or None,
         prompt_format=prompt_format(cfg.pipeline, "prompt"),
     )  # fmt: skip
     train_ds = sft_dataset(
         data_paths(cfg.data.train),
         tok,
         per_process(cfg.pipeline),
+        geometry=geometry,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -114,6 +110,7 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
                 data_paths(cfg.data.eval),
                 tok,
                 ev_cfg,
+                geometry=geometry,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
             )
@@ -139,15 +136,17 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     else:
         tok = load_tokenizer(cfg)
         model = build_model(cfg.model, tok)
+    geometry = model.cfg.vision.geometry()
     runs.create(
-        out_dir, model, tok, image_processor(cfg), stage="grpo", base=cfg.rl.init_from or cfg.model.hf_path or None,
-        prompt_format=prompt_format(cfg.pipeline, "prompt"),
+        out_dir, model, tok, image_processor(cfg.pipeline, geometry), stage="grpo",
+        base=cfg.rl.init_from or cfg.model.hf_path or None, prompt_format=prompt_format(cfg.pipeline, "prompt"),
     )  # fmt: skip
     ref = nnx.clone(model)  # frozen SFT policy for the KL term
     prompts = grpo_dataset(
         data_paths(cfg.data.rl or cfg.data.train),
         tok,
         per_process(cfg.pipeline),
+        geometry=geometry,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

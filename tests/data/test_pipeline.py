@@ -14,24 +14,31 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from r1ov_jax.data.pipeline import (
-    default_pipeline_config,
-    grpo_dataset,
-    prompt_batches,
-    record_messages,
-    sft_dataset,
-    skipped_counts,
-)
+from r1ov_jax.data import pipeline
+from r1ov_jax.data.pipeline import default_pipeline_config, record_messages, skipped_counts
 from r1ov_jax.data.record import Record
 from r1ov_jax.data.record import read_records, shard_paths
 from r1ov_jax.data.synth import synthesize
 from r1ov_jax.processing.chat import tokenize_conversation
 from r1ov_jax.processing.image import ImageProcessor
-from r1ov_jax.processing.positions import get_rope_index, pad_vision, vision_geometry
+from r1ov_jax.processing.positions import VisionGeometry, get_rope_index, pad_vision, vision_geometry
 from r1ov_jax.processing.tokenizer import make_test_tokenizer
 
 NUM = 24
 ASSISTANT = "<|im_start|>assistant\n"
+GEO = VisionGeometry(window_size=56)  # the model's vision geometry (model.cfg.vision.geometry())
+
+
+def sft_dataset(*args, **kw):
+    return pipeline.sft_dataset(*args, geometry=GEO, **kw)
+
+
+def grpo_dataset(*args, **kw):
+    return pipeline.grpo_dataset(*args, geometry=GEO, **kw)
+
+
+def prompt_batches(*args, **kw):
+    return pipeline.prompt_batches(*args, geometry=GEO, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -57,7 +64,7 @@ def small_cfg(**kw):
     cfg = default_pipeline_config()
     cfg.update(
         min_pixels=28 * 28, max_pixels=140 * 140, seq_len=512, batch_size=2, max_patches=256,
-        window_size=56, read_threads=1, read_buffer_size=4, prompt_batch_size=3,
+        read_threads=1, read_buffer_size=4, prompt_batch_size=3,
     )  # fmt: skip
     cfg.update(kw)
     return cfg
@@ -135,13 +142,13 @@ def test_sft_batches_mask_positions_images(data_dir, tok, expected, records):
         assert batch["segment_ids"].dtype == np.int32 and batch["loss_mask"].dtype == np.bool_
         assert batch["positions"].shape == (3, b, s) and batch["positions"].dtype == np.int32
         assert (
-            batch["pixel_values"].shape == (cfg.max_patches, 1176)
+            batch["pixel_values"].shape == (b, cfg.max_patches, 1176)
             and batch["pixel_values"].dtype == np.float32
         )
         pad = batch["segment_ids"] == 0
         assert not batch["loss_mask"][pad].any() and not batch["positions"][:, pad].any()
         assert (batch["input_ids"][pad] == tok.pad_id).all()
-        chunks, grids = [], []
+        chunks, grids = [[] for _ in range(b)], [[] for _ in range(b)]
         for r, _, sl, e in match(batch, expected):
             seen.append(e["id"])
             # loss mask = exactly the assistant tokens: the trace and its <|im_end|>
@@ -153,18 +160,24 @@ def test_sft_batches_mask_positions_images(data_dir, tok, expected, records):
             # positions of a segment = get_rope_index of the example alone, restarting at 0
             np.testing.assert_array_equal(batch["positions"][:, r, sl], e["positions"])
             assert batch["positions"][:, r, sl.start].tolist() == [0, 0, 0]
-            chunks.append(e["pixel_values"])
-            grids.append(e["grid"])
-        # images in the row-major order of their <|image_pad|> runs, then zero padding
-        pv = np.concatenate(chunks)
-        n = len(pv)
-        np.testing.assert_array_equal(batch["pixel_values"][:n], pv)
-        assert not batch["pixel_values"][n:].any()
-        assert (batch["input_ids"] == tok.image_pad_id).sum() == n // 4
-        geo = vision_geometry(np.concatenate(grids), merge_size=2, window_size=cfg.window_size, patch_size=14)
-        _, want = pad_vision(pv, geo, cfg.max_patches)
-        for key, value in want.items():
-            np.testing.assert_array_equal(batch["vision"][key], value, err_msg=key)
+            chunks[r].append(e["pixel_values"])
+            grids[r].append(e["grid"])
+        # each row's images travel with the row, in the order of its <|image_pad|> runs, then zero padding
+        for r in range(b):
+            if not chunks[r]:
+                assert not batch["pixel_values"][r].any() and not batch["vision"]["full_segments"][r].any()
+                continue
+            pv = np.concatenate(chunks[r])
+            n = len(pv)
+            np.testing.assert_array_equal(batch["pixel_values"][r, :n], pv)
+            assert not batch["pixel_values"][r, n:].any()
+            assert (batch["input_ids"][r] == tok.image_pad_id).sum() == n // 4
+            geo = vision_geometry(
+                np.concatenate(grids[r]), merge_size=2, window_size=GEO.window_size, patch_size=14
+            )
+            _, want = pad_vision(pv, geo, cfg.max_patches)
+            for key, value in want.items():
+                np.testing.assert_array_equal(batch["vision"][key][r], value, err_msg=key)
     assert sorted(seen) == sorted(r.id for r in records), "one epoch = every record exactly once"
     assert any(batch["segment_ids"].max() >= 2 for batch in batches), "some rows are packed"
     assert len(batches) < NUM / cfg.batch_size, "packing uses fewer rows than one example per row"
@@ -176,8 +189,8 @@ def test_pack_false_one_example_per_row(data_dir, tok, expected):
     assert all(b["segment_ids"].max() <= 1 for b in batches)
     ids = [e["id"] for b in batches for *_, e in match(b, expected)]
     assert sorted(ids) == sorted(expected)
-    # the patch budget never lets more images into a batch than fit
-    assert all((b["input_ids"] == tok.image_pad_id).sum() * 4 <= cfg.max_patches for b in batches)
+    # the patch budget never lets more images into a row than fit
+    assert all(((b["input_ids"] == tok.image_pad_id).sum(1) * 4 <= cfg.max_patches).all() for b in batches)
 
 
 def test_budgets_skip_and_count(data_dir, tok, expected):
@@ -195,7 +208,7 @@ def test_budgets_skip_and_count(data_dir, tok, expected):
     assert sorted(ids) == sorted(set(expected) - too_long - too_many)
     assert skipped_counts(it) == {"too_long": len(too_long), "too_many_patches": len(too_many)}
     for b in batches:
-        assert (b["input_ids"] == tok.image_pad_id).sum() * 4 <= max_patches
+        assert ((b["input_ids"] == tok.image_pad_id).sum(1) * 4 <= max_patches).all()
         assert all((row > 0).sum() <= seq_len for row in b["segment_ids"])
 
 
@@ -358,20 +371,22 @@ def check_prompt_batch(batch, recs, tok, cfg, length=None):
     grid = np.concatenate(grids)
     pos, _ = get_rope_index(ids, grid, seg, image_token_id=tok.image_pad_id)
     np.testing.assert_array_equal(inputs["positions"], pos)
-    pv = np.concatenate(chunks)
-    np.testing.assert_array_equal(inputs["pixel_values"][: len(pv)], pv)
-    assert not inputs["pixel_values"][len(pv) :].any()
-    geo = vision_geometry(grid, merge_size=2, window_size=cfg.window_size, patch_size=14)
-    if cfg.max_prompt_patches is not None:
-        assert inputs["pixel_values"].shape[0] == cfg.max_prompt_patches
-        _, geo = pad_vision(pv, geo, cfg.max_prompt_patches)
-    for key, value in geo.items():
-        np.testing.assert_array_equal(inputs["vision"][key], value, err_msg=key)
+    # one row of patches per prompt, padded to the per-prompt budget (or the largest prompt of the batch)
+    width = cfg.max_prompt_patches or max(-(-len(c) // 4) * 4 for c in chunks)
+    assert inputs["pixel_values"].shape == (b, width, 1176)
+    for i, (pv, g) in enumerate(zip(chunks, grids)):
+        np.testing.assert_array_equal(inputs["pixel_values"][i, : len(pv)], pv)
+        assert not inputs["pixel_values"][i, len(pv) :].any()
+        _, geo = pad_vision(
+            pv, vision_geometry(g, merge_size=2, window_size=GEO.window_size, patch_size=14), width
+        )
+        for key, value in geo.items():
+            np.testing.assert_array_equal(inputs["vision"][key][i], value, err_msg=key)
 
 
 def test_grpo_prompts(data_dir, tok, records):
     by_id = {r.id: r for r in records}
-    cfg = small_cfg(shuffle=True, num_epochs=None, max_prompt_len=160, max_prompt_patches=3 * 88)
+    cfg = small_cfg(shuffle=True, num_epochs=None, max_prompt_len=160, max_prompt_patches=88)
     it = iter(grpo_dataset(data_dir, tok, cfg))
     batches, states = [], []
     for _ in range(10):  # crosses the epoch boundary (24 records, 3 per batch, some skipped)
@@ -404,9 +419,16 @@ def test_prompt_batches_in_order(records, tok):
 
 def test_config_defaults():
     cfg = default_pipeline_config()
-    for key in ("seq_len", "batch_size", "min_pixels", "max_pixels", "max_patches", "patch_size", "merge_size",
-                "temporal_patch_size", "window_size", "pack", "shuffle", "seed", "num_epochs", "worker_count",
-                "worker_buffer_size", "system_prompt", "rl_suffix", "prompt_batch_size"):  # fmt: skip
+    for key in ("seq_len", "batch_size", "min_pixels", "max_pixels", "max_patches", "pack", "shuffle", "seed",
+                "num_epochs", "worker_count", "worker_buffer_size", "system_prompt", "rl_suffix",
+                "prompt_batch_size"):  # fmt: skip
         assert key in cfg, key
-    assert cfg.num_epochs is None and cfg.max_patches % 4 == 0 and cfg.patch_size == 14
+    for key in (
+        "patch_size",
+        "merge_size",
+        "temporal_patch_size",
+        "window_size",
+    ):  # the model's (VisionGeometry)
+        assert key not in cfg, key
+    assert cfg.num_epochs is None and cfg.max_patches % 4 == 0
     assert cfg.rl_suffix.startswith("Output the thinking process in <think> </think>")

@@ -41,7 +41,6 @@ def _records():
 def test_sft_grpo_and_eval_prompts_are_identical(tok, sft_suffix):
     cfg = default_pipeline_config()
     cfg.min_pixels, cfg.max_pixels, cfg.sft_suffix = 28 * 28 * 4, 28 * 28 * 24, sft_suffix
-    cfg.window_size = 56
     model = hf.io.abstract_model(
         tiny().replace(image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id)
     )  # only its config is read
@@ -53,7 +52,8 @@ def test_sft_grpo_and_eval_prompts_are_identical(tok, sft_suffix):
     fmt = prompt_format(cfg, "prompt")
     assert fmt == PromptFormat(system=cfg.system_prompt, suffix=FORMAT_SUFFIX)
     evaluated = encode_prompts(model, tok, ip, [(it.images, it.question, it.choices) for it in items], fmt)
-    sft, grpo = _Example(tok, cfg, "sft"), _Example(tok, cfg, "prompt")
+    geo = model.cfg.vision.geometry()
+    sft, grpo = _Example(tok, cfg, "sft", geo), _Example(tok, cfg, "prompt", geo)
     for i, rec in enumerate(recs):
         s = sft(i, rec.to_bytes())
         prompt_len = int(np.argmax(s["loss_mask"]))  # the first target token follows the assistant header

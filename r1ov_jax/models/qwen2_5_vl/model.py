@@ -21,7 +21,7 @@ from r1ov_jax.layers.basic import Dense
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.models.qwen2_5_vl.text import DecoderOutput, KVCache, TextModel, init_cache
 from r1ov_jax.models.qwen2_5_vl.vision import VisionTower
-from r1ov_jax.processing.positions import get_rope_index, vision_geometry
+from r1ov_jax.processing.positions import get_rope_index, split_images_by_row, vision_inputs
 from r1ov_jax.sharding.rules import constrain
 
 
@@ -87,26 +87,27 @@ class Qwen25VL(nnx.Module):
                     f"pixel_values has shape {pv.shape}, expected "
                     f"({int(grid.prod(-1).sum())}, {cfg.vision.patch_dim}) for image_grid_thw"
                 )
-            inputs["pixel_values"] = pv
-            inputs["vision"] = vision_geometry(
-                grid,
-                merge_size=cfg.vision.spatial_merge_size,
-                window_size=cfg.vision.window_size,
-                patch_size=cfg.vision.patch_size,
+            rows = split_images_by_row(ids, grid, pv, image_token_id=cfg.image_token_id)
+            inputs["pixel_values"], inputs["vision"] = vision_inputs(
+                rows, patches_per_row=None, geometry=cfg.vision.geometry()
             )
         return inputs
 
     # ------------------------------------------------------------------ jit-able core
     def embed(self, input_ids, pixel_values=None, vision=None):
-        """Token embeddings with image features scattered at ``<|image_pad|>`` positions, row-major order."""
+        """Token embeddings with image features scattered at ``<|image_pad|>`` positions.
+
+        ``pixel_values [B, P, patch_dim]`` holds each row's own images (``positions.vision_inputs``): row b's k-th
+        merged feature fills row b's k-th ``<|image_pad|>``. Nothing crosses rows, so with the batch sharded over
+        the data axes every device runs the vision tower on its own rows only.
+        """
         x = self.language_model.embed_tokens(input_ids)
         if pixel_values is None:
             return x
-        feats = self.visual(pixel_values, vision).astype(x.dtype)
+        feats = self.visual(pixel_values, vision).astype(x.dtype)  # [B, P / merge**2, H]
         is_img = input_ids == self.cfg.image_token_id
-        flat = is_img.reshape(-1)
-        idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats.shape[0] - 1)
-        scattered = feats[idx].reshape(x.shape)
+        idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, feats.shape[1] - 1)
+        scattered = jnp.take_along_axis(feats, idx[..., None], axis=1)
         return jnp.where(is_img[..., None], scattered, x)
 
     def decoder(self, inputs_embeds, positions, segment_ids, cache: KVCache | None = None) -> DecoderOutput:

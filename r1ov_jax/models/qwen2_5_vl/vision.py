@@ -42,16 +42,16 @@ class VisionAttention(nnx.Module):
         )
 
     def __call__(self, x, cos, sin, segments):
-        n, d = x.shape
-        q, k, val = jnp.moveaxis(self.qkv(x).reshape(n, 3, self.num_heads, d // self.num_heads), 1, 0)
+        """x ``[B, P, d]`` (one row of patches per batch row), cos/sin ``[B, P, head_dim]``, segments ``[B, P]``."""
+        b, n, d = x.shape
+        q, k, val = jnp.moveaxis(self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads), 2, 0)
         # Vision RoPE runs in fp32 whatever the compute dtype (as transformers does).
-        q = apply_rope(q.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
-        k = apply_rope(k.astype(jnp.float32), cos[:, None], sin[:, None]).astype(x.dtype)
-        seg = segments[None]
+        q = apply_rope(q.astype(jnp.float32), cos[:, :, None], sin[:, :, None]).astype(x.dtype)
+        k = apply_rope(k.astype(jnp.float32), cos[:, :, None], sin[:, :, None]).astype(x.dtype)
         out = attention(
-            q[None], k[None], val[None], q_segment_ids=seg, kv_segment_ids=seg, causal=False, impl=self.impl
+            q, k, val, q_segment_ids=segments, kv_segment_ids=segments, causal=False, impl=self.impl
         )
-        return self.proj(out.reshape(n, d))
+        return self.proj(out.reshape(b, n, d))
 
 
 class VisionBlock(nnx.Module):
@@ -80,8 +80,8 @@ class PatchMerger(nnx.Module):
         self.merged = merged
 
     def __call__(self, x):
-        # Four consecutive rows are one 2x2 block (the processor's patch order guarantees it).
-        x = self.ln_q(x).reshape(-1, self.merged)
+        # Four consecutive patches are one 2x2 block (the processor's patch order guarantees it).
+        x = self.ln_q(x).reshape(x.shape[0], -1, self.merged)
         return self.mlp2(jax.nn.gelu(self.mlp0(x), approximate=False))  # exact erf GELU, as nn.GELU()
 
 
@@ -97,11 +97,11 @@ class VisionTower(nnx.Module):
         self.merger = PatchMerger(cfg, rngs=rngs)
 
     def rope(self, rope_positions):
-        """cos/sin ``[N, head_dim]`` from (h, w) coordinates: [f_h, f_w, f_h, f_w] (not the text rule)."""
+        """cos/sin ``[..., head_dim]`` from (h, w) coordinates ``[..., 2]``: [f_h, f_w, f_h, f_w] (not the text rule)."""
         half = self.cfg.vision.head_dim // 2
         inv_freq = 1.0 / (self.cfg.vision.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
-        f = rope_positions.astype(jnp.float32)[..., None] * inv_freq  # [N, 2, hd/4]
-        emb = jnp.concatenate([f[:, 0], f[:, 1]], axis=-1)
+        f = rope_positions.astype(jnp.float32)[..., None] * inv_freq  # [..., 2, hd/4]
+        emb = jnp.concatenate([f[..., 0, :], f[..., 1, :]], axis=-1)
         emb = jnp.concatenate([emb, emb], axis=-1)
         return jnp.cos(emb), jnp.sin(emb)
 
@@ -113,19 +113,27 @@ class VisionTower(nnx.Module):
         """Image features and the output of every block.
 
         Args:
-          pixel_values: ``[N, C*T*P*P]`` as produced by the image processor.
-          geometry: ``vision_geometry(image_grid_thw, ...)`` arrays (window_index, reverse_index,
-            rope_positions, window_segments, full_segments).
+          pixel_values: ``[B, P, C*T*P*P]``, one row of patches per batch row (``positions.vision_inputs``), or the
+            image processor's ``[N, C*T*P*P]`` for a single row.
+          geometry: the matching ``vision_geometry`` arrays (window_index, reverse_index, rope_positions,
+            window_segments, full_segments), with the same leading row axis.
 
         Returns:
-          (``[N / merge**2, out_hidden]`` merged features in raster order per image, images concatenated; the list
-          of block outputs, window-permuted as transformers records them).
+          (``[B, P / merge**2, out_hidden]`` merged features per row, in raster order per image, images in token
+          order; the list of block outputs, window-permuted as transformers records them). Without a row axis in
+          the inputs, none in the outputs.
         """
+        single = pixel_values.ndim == 2
+        if single:
+            pixel_values, geometry = pixel_values[None], {k: g[None] for k, g in geometry.items()}
         v = self.cfg.vision
         unit = v.spatial_merge_size**2
         x = self.patch_embed(pixel_values.astype(self.cfg.dtype))
-        n, d = x.shape
-        x = x.reshape(n // unit, unit, d)[geometry["window_index"]].reshape(n, d)
+        b, n, d = x.shape
+        x = jnp.take_along_axis(
+            x.reshape(b, n // unit, unit, d), geometry["window_index"][:, :, None, None], axis=1
+        )
+        x = constrain(x.reshape(b, n, d), ("batch", "patches", "act_embed"))
         cos, sin = self.rope(geometry["rope_positions"])
         hidden = []
         full_ids = set(v.fullatt_block_indexes)
@@ -134,7 +142,9 @@ class VisionTower(nnx.Module):
             x = (nnx.remat(type(block).__call__) if self.cfg.remat else type(block).__call__)(
                 block, x, cos, sin, segments
             )
-            x = constrain(x, ("patches", "act_embed"))
+            x = constrain(x, ("batch", "patches", "act_embed"))
             hidden.append(x)
-        merged = self.merger(x)[geometry["reverse_index"]]
+        merged = jnp.take_along_axis(self.merger(x), geometry["reverse_index"][:, :, None], axis=1)
+        if single:
+            return merged[0], [h[0] for h in hidden]
         return merged, hidden
