@@ -193,7 +193,7 @@ def load(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     attn_impl: str = "xla",
-    remat: bool = False,
+    remat: bool | str = False,
     require_tokenizer: bool = False,
 ) -> Loaded:
     """Loads a run (params of ``step`` or the latest) or an HF folder; see the module docstring for ``path``."""
@@ -205,8 +205,7 @@ def load(
         info = {}
     else:
         cfg = Qwen25VLConfig.from_json(mdir, dtype=dtype, attn_impl=attn_impl)
-        if remat:
-            cfg = cfg.replace(remat=True)
+        cfg = cfg.replace(remat=remat)
         model = hf.io.abstract_model(cfg)
         ckpt = Checkpointer(checkpoints_dir(run), async_save=False)
         try:

@@ -83,7 +83,7 @@ def from_pretrained(
     *,
     param_dtype=None,
     attn_impl: str = "xla",
-    remat: bool = False,
+    remat: bool | str = False,
     mesh=None,
     sharding_fn: Callable[[str, tuple], object] | None = None,
 ) -> Qwen25VL:

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from r1ov_jax.layers.remat import normalize as normalize_remat
 from r1ov_jax.processing.positions import VisionGeometry
 from r1ov_jax.errors import InvalidInputError, MissingInputError
 
@@ -93,9 +94,10 @@ class Qwen25VLConfig:
     # --- runtime options (not part of config.json) ---
     dtype: Any = jnp.float32  # compute dtype; params keep their own dtype
     attn_impl: str = "xla"  # "auto" | "xla" | "pallas", see r1ov_jax.layers.attention
-    remat: bool = False  # rematerialize each decoder/vision block in the backward pass
+    remat: bool | str = False  # block rematerialization policy, see r1ov_jax.layers.remat (True = "full")
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", normalize_remat(self.remat))
         t, v = self.text, self.vision
         if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
             raise InvalidInputError(

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from r1ov_jax.layers.attention import attention, make_mask, resolve_impl
+from r1ov_jax.layers.remat import remat
 from r1ov_jax.layers.basic import Dense, Embed, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
@@ -168,7 +169,7 @@ class TextModel(nnx.Module):
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i], kv_segments, cache.index)
-            call = nnx.remat(type(layer).__call__) if self.cfg.remat else type(layer).__call__
+            call = remat(type(layer).__call__, self.cfg.remat)
             x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
             hidden.append(x)

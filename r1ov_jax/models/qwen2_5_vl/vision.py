@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1ov_jax.layers.attention import attention
+from r1ov_jax.layers.remat import remat
 from r1ov_jax.layers.basic import Dense, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
@@ -139,9 +140,7 @@ class VisionTower(nnx.Module):
         full_ids = set(v.fullatt_block_indexes)
         for i, block in enumerate(self.blocks):
             segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
-            x = (nnx.remat(type(block).__call__) if self.cfg.remat else type(block).__call__)(
-                block, x, cos, sin, segments
-            )
+            x = remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments)
             x = constrain(x, ("batch", "patches", "act_embed"))
             hidden.append(x)
         merged = jnp.take_along_axis(self.merger(x), geometry["reverse_index"][:, :, None], axis=1)
