@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from r1ov_jax.models.qwen2_5_vl import KVCache, Qwen25VL, decode_positions, next_positions
+from r1ov_jax.sharding.rules import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +37,14 @@ class SamplingConfig:
 
 @dataclasses.dataclass
 class Samples:
-    tokens: np.ndarray  # int32 [B*G, max_new_tokens], pad_id after EOS
-    logprobs: np.ndarray  # float32 [B*G, max_new_tokens], 0 after EOS
-    lengths: np.ndarray  # int32 [B*G], generated tokens including the EOS
-    prompt_index: np.ndarray  # int32 [B*G], row → prompt (rows of one prompt are contiguous)
+    """Rows of one prompt are contiguous (row i*G + j = sample j of prompt i). NumPy in a single-process run; in
+    a multi-process job the arrays are global ``jax.Array``s sharded over the batch rows (read this process's
+    rows with ``sharding.host_local_rows``)."""
+
+    tokens: np.ndarray | jax.Array  # int32 [B*G, max_new_tokens], pad_id after EOS
+    logprobs: np.ndarray | jax.Array  # float32 [B*G, max_new_tokens], 0 after EOS
+    lengths: np.ndarray | jax.Array  # int32 [B*G], generated tokens including the EOS
+    prompt_index: np.ndarray  # int32 [B*G], row → prompt
 
 
 def filter_logits(logits: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
@@ -132,7 +137,12 @@ def _generate(model: Qwen25VL, inputs: dict, key: jax.Array, *, cfg: SamplingCon
     final = jax.lax.while_loop(cond, body, init)
     is_eos = jnp.isin(final.tokens, eos)
     first_eos = jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, cfg.max_new_tokens)
-    return final.tokens, final.logprobs, first_eos.astype(jnp.int32)
+    # Samples stay on the devices of their prompt's rows (each process then decodes and scores its own prompts).
+    return (
+        constrain(final.tokens, ("batch", None)),
+        constrain(final.logprobs, ("batch", None)),
+        constrain(first_eos.astype(jnp.int32), ("batch",)),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "num_samples"))
@@ -155,14 +165,11 @@ def generate(
     if isinstance(key, int):
         key = jax.random.key(key)
     graphdef, state = nnx.split(model)
-    tokens, logprobs, lengths = _generate_jit(graphdef, state, inputs, key, cfg=cfg, num_samples=num_samples)
-    b = np.asarray(inputs["input_ids"]).shape[0]
-    return Samples(
-        np.asarray(tokens),
-        np.asarray(logprobs),
-        np.asarray(lengths),
-        np.repeat(np.arange(b, dtype=np.int32), num_samples),
-    )
+    out = _generate_jit(graphdef, state, inputs, key, cfg=cfg, num_samples=num_samples)
+    if all(x.is_fully_addressable for x in out):
+        out = [np.asarray(x) for x in out]
+    b = inputs["input_ids"].shape[0]
+    return Samples(*out, np.repeat(np.arange(b, dtype=np.int32), num_samples))
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

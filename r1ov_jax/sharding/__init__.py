@@ -3,6 +3,7 @@
 from r1ov_jax.sharding.mesh import (
     batch_sharding,
     create_sharded,
+    host_local_rows,
     default_mesh_config,
     initialize_distributed,
     make_mesh,
@@ -21,6 +22,7 @@ __all__ = [
     "batch_sharding",
     "constrain",
     "create_sharded",
+    "host_local_rows",
     "default_mesh_config",
     "initialize_distributed",
     "logical_to_spec",

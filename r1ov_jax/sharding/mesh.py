@@ -135,6 +135,21 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+def host_local_rows(x) -> np.ndarray:
+    """This process's rows (axis 0) of a batch-sharded global array, in global row order, as NumPy.
+
+    A fully addressable array (one process) comes back whole. In a multi-process job these are exactly the rows
+    this process fed through :func:`shard_batch` (the same sharding places both), so per-row host work such as
+    decoding completions and scoring rewards stays with the process that holds the prompts' answers.
+    """
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    by_start = {}
+    for shard in x.addressable_shards:  # replicas over the other mesh axes repeat a row block: keep one
+        by_start.setdefault(shard.index[0].start or 0, shard.data)
+    return np.concatenate([np.asarray(by_start[k]) for k in sorted(by_start)])
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
     """Host-local batch → global arrays split over (data, fsdp) on the batch axis.
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from r1ov_jax.models.qwen2_5_vl.model import decode_positions, next_positions
 from r1ov_jax.rewards import compute_rewards
 from r1ov_jax.rollout.sampler import SamplingConfig, generate
+from r1ov_jax.sharding.mesh import host_local_rows
 from r1ov_jax.train.loop import TrainingRun, placement
 from r1ov_jax.train.optim import make_nnx_optimizer
 
@@ -147,6 +148,17 @@ def grpo_update(
 
 
 # --------------------------------------------------------------------------- training loop
+def score_samples(samples, item: dict, decode_fn, weights: dict, group: int) -> dict[str, np.ndarray]:
+    """Rewards ``{name: float32 [rows]}`` of this process's samples (all of them in a single-process run)."""
+    tokens, lengths = host_local_rows(samples.tokens), host_local_rows(samples.lengths)
+    prompt_index = np.arange(len(tokens)) // group  # this process's prompts, in order
+    texts = [decode_fn(tok[:n]) for tok, n in zip(tokens, lengths)]
+    golds = [item["answers"][i] for i in prompt_index]
+    choices = [item["choices"][i] for i in prompt_index]
+    rewards = compute_rewards(texts, golds, choices, weights)
+    return {k: np.asarray(v, np.float32) for k, v in rewards.items()}
+
+
 def run_grpo(
     model,
     ref_model,
@@ -194,13 +206,13 @@ def run_grpo(
             with ctx():
                 samples = generate(model, prompt, key, sampling, num_samples=group)
             t1 = time.perf_counter()
-            texts = [decode_fn(tok[:n]) for tok, n in zip(samples.tokens, samples.lengths)]
-            golds = [item["answers"][i] for i in samples.prompt_index]
-            choices = [item["choices"][i] for i in samples.prompt_index]
-            rewards = compute_rewards(texts, golds, choices, dict(g.reward_weights))
-            adv = group_advantages(jnp.asarray(rewards["total"]), group)
+            # Each process decodes and scores the samples of its own prompts (it holds their answers); the
+            # rewards then become global arrays laid out like the samples.
+            rewards = put(score_samples(samples, item, decode_fn, dict(g.reward_weights), group))
+            adv = group_advantages(rewards["total"], group)
             comps = jnp.asarray(samples.tokens)
-            comp_mask = jnp.asarray(np.arange(comps.shape[1])[None] < samples.lengths[:, None])
+            lengths = jnp.asarray(samples.lengths)
+            comp_mask = jnp.arange(comps.shape[1])[None] < lengths[:, None]
             with ctx():
                 ref_logp = jax.block_until_ready(
                     _logprobs_jit(ref_model, prompt, comps, comp_mask, group=group)
@@ -243,11 +255,11 @@ def run_grpo(
             last = {k: float(v) for k, v in aux.items()}
             last["skipped_update"] = float(skip)
             last.update(
-                reward=float(rewards["total"].mean()),
-                reward_std=float(rewards["total"].std()),
-                format_rate=float(rewards.get("format", np.zeros(1)).mean()),
-                accuracy=float(rewards.get("accuracy", np.zeros(1)).mean()),
-                completion_len=float(samples.lengths.mean()),
+                reward=float(jnp.mean(rewards["total"])),
+                reward_std=float(jnp.std(rewards["total"])),
+                format_rate=float(jnp.mean(rewards["format"])) if "format" in rewards else 0.0,
+                accuracy=float(jnp.mean(rewards["accuracy"])) if "accuracy" in rewards else 0.0,
+                completion_len=float(jnp.mean(lengths)),
                 rollout_s=t1 - t0,
                 ref_s=t2 - t1,
                 update_s=t3 - t2,
