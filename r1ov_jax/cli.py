@@ -8,6 +8,7 @@
     r1ov import-hf  HF folder → run directory with an Orbax checkpoint
     r1ov export-hf  any checkpoint step → HF folder transformers loads
     r1ov demo       the whole pipeline on a tiny CPU config, in minutes
+    r1ov preflight  compile a config's steps for a TPU topology without a TPU: per-chip memory, fits, FLOPs
 
 User mistakes (missing files, bad formats, config errors) print one ``error:`` line and exit 2.
 """
@@ -112,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesis → SFT → GRPO → eval → HF export on a tiny CPU config")
     _config_args(p, None)
     p.add_argument("--out", default="runs/demo")
+
+    p = sub.add_parser(
+        "preflight", help="deviceless compile for a TPU topology: memory per chip, fits, FLOPs"
+    )
+    _config_args(p, None)
+    p.add_argument(
+        "--topology", required=True, help="e.g. v5p-64, v5e-256, v6e-64, v4-8 (see r1ov_jax.preflight)"
+    )
+    p.add_argument("--stage", choices=("sft", "grpo", "all"), default="all")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     return parser
 
 
@@ -251,6 +262,12 @@ def cmd_demo(args, overrides):
     print(json.dumps(summary, indent=2))
 
 
+def cmd_preflight(args, overrides):
+    from r1ov_jax import preflight
+
+    return preflight.cli(args.config, overrides, args.topology, stage=args.stage, json_path=args.json)
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "sft": _train_command("sft"),
@@ -260,6 +277,7 @@ COMMANDS = {
     "import-hf": cmd_import_hf,
     "export-hf": cmd_export_hf,
     "demo": cmd_demo,
+    "preflight": cmd_preflight,
 }
 
 if __name__ == "__main__":
