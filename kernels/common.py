@@ -186,9 +186,13 @@ class Geometry:
 
 
 def dot(a, b, *, trans_a: bool = False, trans_b: bool = False):
-    """2-D matmul with fp32 accumulation; fp32 inputs get full fp32 precision (no tf32 / bf16 passes)."""
+    """2-D matmul with fp32 accumulation; fp32 inputs get full fp32 precision (no tf32 / bf16 passes).
+
+    Lower-precision inputs get an explicit DEFAULT precision, not None: None defers to
+    ``jax_default_matmul_precision``, and "highest" there makes Mosaic reject bf16 operands ("Bad lhs type").
+    """
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
