@@ -12,4 +12,4 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
     || python -m pip install -q torch
 fi
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,tpu]"
