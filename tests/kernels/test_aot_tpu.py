@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("libtpu", reason="deviceless TPU compilation needs libtpu (pip install -e '.[tpu]')")
+pytest.importorskip(
+    "libtpu", reason="deviceless TPU compilation needs libtpu (pip install -e '.[tpu]')", exc_type=ImportError
+)
 
 from flax import nnx  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
