@@ -82,8 +82,10 @@ def xla_attention(q, k, v, mask, *, scale: float, kv_heads_major: bool = False) 
 def resolve_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
+    if impl == "auto":  # the platform compiled for: the default device's (deviceless AOT) or the backend's
+        dev = jax.config.jax_default_device
+        platform = jax.default_backend() if dev is None else dev if isinstance(dev, str) else dev.platform
+        return "pallas" if platform in ("tpu", "gpu", "cuda", "rocm") else "xla"
     return impl
 
 
