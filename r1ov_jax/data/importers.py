@@ -1,6 +1,13 @@
 """Readers for the public R1-Onevision files on local disk → Records. Tolerant: bad rows are counted per reason,
 logged and skipped; every good row comes through.
 
+A row is bad, whatever the reason, when any of its checks fails or raises: bytes that are not UTF-8
+(``bad_encoding``), an image whose header announces more than ``max_pixels`` (``image_too_large``, checked before any
+pixel is decoded; default ``processing.image.MAX_INPUT_PIXELS`` ≈ 90 MP), pixel data that fails a full decode
+(``bad_image``), fields nested or long enough to exhaust the parser (``too_nested`` / ``too_long``), a NaN or empty
+answer (``nan_answer`` / ``empty_answer``); any other exception while converting a row is counted as
+``error_<Type>``. ``ImportReport`` names the file and the row of each (``report.examples``, ``report.summary()``).
+
 * R1-Onevision dataset (parquet): columns ``id``, ``image`` (base64 string; raw bytes or an HF ``{"bytes": …}``
   struct are accepted too), ``conversations`` = list of ``{from, value}`` with roles human/user, gpt/assistant
   (and optionally system). The assistant value is ``<think>…</think>\\n\\nanswer``; it becomes the record's trace and
@@ -23,11 +30,12 @@ import re
 import sys
 from collections.abc import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from r1ov_jax.data.record import Record, RecordError, image_format
-from r1ov_jax.rewards.answers import boxed_contents, parse_choices_field
+from r1ov_jax.data.record import Record, RecordError, image_format, is_nan_text
 from r1ov_jax.errors import InvalidInputError
+from r1ov_jax.processing.image import ImageTooLargeError, check_image_bytes
+from r1ov_jax.rewards.answers import boxed_contents, last_answer_block, parse_choices_field
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,7 @@ USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant"}
 SYSTEM_ROLES = {"system"}
 IMAGE_MARKER = "<image>"
+MAX_ANSWER_CHARS = 20_000  # a gold answer is short; longer ones are degenerate responses
 BENCH_COLUMNS = ("index", "question", "choices", "answer", "level", "category", "image")
 
 
@@ -65,6 +74,23 @@ class ImportReport:
             self.examples.append((row, err.reason, str(err)))
         log.warning("%s row %d skipped (%s): %s", self.path, row, err.reason, err)
 
+    @property
+    def reasons(self) -> dict:
+        """Skipped rows per reason (a plain dict)."""
+        return dict(self.skipped)
+
+    def summary(self) -> str:
+        """One line: "PATH: kept K of N rows; skipped S (reason: n, ...); e.g. row R: detail"."""
+        n_skip = sum(self.skipped.values())
+        line = f"{self.path}: kept {self.kept} of {self.rows} rows"
+        if n_skip:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+            line += f"; skipped {n_skip} ({reasons})"
+            if self.examples:
+                row, _, detail = self.examples[0]
+                line += f"; e.g. row {row}: {detail[:200]}"
+        return line
+
     def to_dict(self) -> dict:
         return {
             "path": self.path,
@@ -86,14 +112,50 @@ def accounted(report: ImportReport, rows, convert):
         except RowError as e:
             report.skip(n, e)
         except RecordError as e:
-            report.skip(n, RowError("invalid_record", str(e)))
+            reason = "nan_answer" if "NaN" in str(e) else "invalid_record"
+            report.skip(n, RowError(reason, str(e)))
+        except Exception as e:  # noqa: BLE001 - whatever a row does, it costs that row, never the import
+            report.skip(n, row_error(e))
         else:
             report.kept += 1
             yield out
 
 
-def decode_image(value, *, field: str = "image") -> bytes:
-    """base64 text (optionally a data: URI), raw bytes, or {"bytes": …} → encoded image bytes (PNG if re-encoded)."""
+def row_error(e: BaseException) -> RowError:
+    """Any exception raised while converting a row → a RowError with a counter key."""
+    if isinstance(e, RowError):
+        return e
+    if isinstance(e, RecursionError):
+        return RowError("too_nested", f"a field is nested too deeply to read ({e})")
+    if isinstance(e, MemoryError):
+        return RowError("too_long", "a field is too large to read")
+    if isinstance(e, (UnicodeError,)):
+        return RowError("bad_encoding", f"not UTF-8 ({e})")
+    return RowError(f"error_{type(e).__name__}", f"{type(e).__name__}: {e}")
+
+
+def check_utf8(cells, where: str = "") -> None:
+    """Raise RowError("bad_encoding") for text read with ``errors="surrogateescape"`` that held non-UTF-8 bytes,
+    naming the column and the byte."""
+    for col, text in cells:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = text[e.start]
+            byte = ord(bad) - 0xDC00 if 0xDC80 <= ord(bad) <= 0xDCFF else None
+            shown = f"byte 0x{byte:02x}" if byte is not None else f"character {bad!r}"
+            raise RowError(
+                "bad_encoding", f"{where}column {col!r}: {shown} at offset {e.start} is not UTF-8"
+            ) from None
+
+
+def decode_image(value, *, field: str = "image", max_pixels: int | None = None) -> bytes:
+    """base64 text (optionally a data: URI), raw bytes, or {"bytes": …} → encoded image bytes (PNG if re-encoded).
+
+    The image must open, hold at most ``max_pixels`` (default ``processing.image.MAX_INPUT_PIXELS``, read from the
+    header before decoding) and decode fully; else RowError ``bad_image`` / ``image_too_large``."""
     if isinstance(value, dict):
         value = value.get("bytes")
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -112,12 +174,20 @@ def decode_image(value, *, field: str = "image") -> bytes:
     else:
         raise RowError("missing_image", f"{field} has type {type(value).__name__}")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # structure (e.g. PNG chunk CRCs); header size checked next
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise RowError("image_too_large", f"{field}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad data
         raise RowError(
             "bad_image", f"{field} decodes to {len(data)} bytes that are not an image ({e})"
         ) from None
+    try:  # pixel cap from the header BEFORE decoding, then a full decode of the pixels
+        check_image_bytes(data, max_pixels=max_pixels, where=field)
+    except ImageTooLargeError as e:
+        raise RowError("image_too_large", str(e)) from None
+    except InvalidInputError as e:
+        raise RowError("bad_image", str(e)) from None
     if image_format(data) is None:  # e.g. BMP/TIFF: store as PNG so every record holds PNG/JPEG/GIF/WebP
         buf = io.BytesIO()
         with Image.open(io.BytesIO(data)) as im:
@@ -129,9 +199,9 @@ def decode_image(value, *, field: str = "image") -> bytes:
 def split_response(value: str) -> tuple[str, str]:
     """Assistant response → (trace, final answer)."""
     text = value.strip()
-    m = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if m:
-        return text, m[-1].strip()
+    block = last_answer_block(text, ignore_case=False)  # linear time, same blocks as re.findall
+    if block is not None:
+        return text, block.strip()
     tail = text.rsplit("</think>", 1)[-1].strip() if "</think>" in text else text
     boxed = boxed_contents(tail)
     if boxed:
@@ -140,7 +210,10 @@ def split_response(value: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- R1-Onevision
-def _conversation_row(row: dict, n: int, report: ImportReport, source: str) -> Record:
+def _conversation_row(
+    row: dict, n: int, report: ImportReport, source: str, max_pixels: int | None = None
+) -> Record:
+    check_utf8([(k, v) for k, v in row.items() if isinstance(v, str) and k != "image"])
     rid = row.get("id")
     rid = str(rid) if rid not in (None, "") else f"{source}:{n}"
     conv = row.get("conversations")
@@ -170,48 +243,88 @@ def _conversation_row(row: dict, n: int, report: ImportReport, source: str) -> R
     trace, answer = split_response(bots[0])
     if not answer:
         raise RowError("empty_answer", "assistant turn has no text after </think>")
-    image = decode_image(row.get("image"))
+    if is_nan_text(answer):
+        raise RowError("nan_answer", f"answer is {answer!r}")
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise RowError("too_long", f"answer has {len(answer)} characters (at most {MAX_ANSWER_CHARS})")
+    image = decode_image(row.get("image"), max_pixels=max_pixels)
     if len(users) > 1:
         report.notes["multi_turn_first_pair_used"] += 1
     meta = {"type": "imported", "source": "r1-onevision", "row": n}
     return Record(id=rid, images=[image], formal="", question=question, answer=answer, trace=trace, meta=meta)
 
 
+class _Unreadable:
+    """Stands for a parquet row that pyarrow cannot convert (e.g. invalid UTF-8 in a string column)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _parquet_rows(pf, batch_size: int, cols: list[str]):
+    """Rows as dicts; a batch that fails to convert is retried row by row, so only the bad rows are lost."""
+    for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+        try:
+            rows = batch.to_pylist()
+        except Exception:  # noqa: BLE001 - find the bad rows one by one
+            rows = []
+            for i in range(batch.num_rows):
+                try:
+                    rows.extend(batch.slice(i, 1).to_pylist())
+                except Exception as e:  # noqa: BLE001
+                    rows.append(_Unreadable(e))
+        yield from rows
+
+
 def iter_r1onevision_parquet(
-    path: str, report: ImportReport | None = None, batch_size: int = 256
+    path: str, report: ImportReport | None = None, batch_size: int = 256, *, max_pixels: int | None = None
 ) -> Iterator[Record]:
-    """Stream records from an R1-Onevision parquet file; bad rows are counted in `report` and skipped."""
+    """Stream records from an R1-Onevision parquet file; bad rows are counted in `report` and skipped.
+
+    ``max_pixels``: the decompression-bomb cap on each image (default ``processing.image.MAX_INPUT_PIXELS``)."""
     import pyarrow.parquet as pq
 
     report = report if report is not None else ImportReport(path)
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except OSError as e:
+        raise InvalidInputError(f"{path}: not a readable parquet file ({e})") from None
     names = set(pf.schema_arrow.names)
     missing = {"image", "conversations"} - names
     if missing:
         raise InvalidInputError(f"{path}: parquet lacks column(s) {sorted(missing)}; has {sorted(names)}")
     cols = [c for c in ("id", "image", "conversations") if c in names]
-    rows = (
-        row for batch in pf.iter_batches(batch_size=batch_size, columns=cols) for row in batch.to_pylist()
-    )
-    numbered = ((n, (n, row)) for n, row in enumerate(rows))
+    numbered = ((n, (n, row)) for n, row in enumerate(_parquet_rows(pf, batch_size, cols)))
     name = os.path.basename(path)
-    yield from accounted(
-        report, numbered, lambda nr: _conversation_row(nr[1], nr[0], report, name).validate()
-    )
+
+    def convert(nr):
+        n, row = nr
+        if isinstance(row, _Unreadable):
+            e = row.error
+            reason = "bad_encoding" if "utf" in str(e).lower() else f"error_{type(e).__name__}"
+            raise RowError(reason, f"{path} row {n}: {type(e).__name__}: {e}")
+        return _conversation_row(row, n, report, name, max_pixels).validate()
+
+    yield from accounted(report, numbered, convert)
 
 
-def load_r1onevision_parquet(path: str) -> tuple[list[Record], ImportReport]:
+def load_r1onevision_parquet(
+    path: str, *, max_pixels: int | None = None
+) -> tuple[list[Record], ImportReport]:
     report = ImportReport(path)
-    return list(iter_r1onevision_parquet(path, report)), report
+    return list(iter_r1onevision_parquet(path, report, max_pixels=max_pixels)), report
 
 
 # ---------------------------------------------------------------------------------------------------- Bench TSV
-def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Record]:
+def iter_bench_tsv(
+    path: str, report: ImportReport | None = None, *, max_pixels: int | None = None
+) -> Iterator[Record]:
     """Stream records from an R1-Onevision-Bench TSV; bad rows are counted in `report` and skipped."""
     report = report if report is not None else ImportReport(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 images are long fields
     images: dict[str, bytes] = {}  # index → image, for rows that refer to an earlier row's image
-    with open(path, newline="", encoding="utf-8") as f:
+    # surrogateescape: a non-UTF-8 byte costs its row (bad_encoding, named by check_utf8), not the file
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None:
@@ -227,12 +340,15 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
             if len(cells) != len(header):
                 raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
             row = dict(zip(header, cells))
+            check_utf8(row.items(), f"{path}: ")
             idx = row["index"].strip()
             question, answer = row["question"].strip(), row["answer"].strip()
             if not question:
                 raise RowError("empty_question", "question is empty")
             if not answer:
                 raise RowError("empty_answer", "answer is empty")
+            if is_nan_text(answer):
+                raise RowError("nan_answer", f"answer is {answer!r}")
             try:
                 choices = parse_choices_field(row.get("choices", ""))
             except ValueError as e:
@@ -243,7 +359,7 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
                     raise RowError("bad_image_ref", f"image refers to index {img}, which has no image")
                 image = images[img]
             else:
-                image = decode_image(img)
+                image = decode_image(img, max_pixels=max_pixels)
             images[idx] = image
             meta = {
                 "type": "bench",
@@ -267,6 +383,6 @@ def iter_bench_tsv(path: str, report: ImportReport | None = None) -> Iterator[Re
         yield from accounted(report, rows, to_record)
 
 
-def load_bench_tsv(path: str) -> tuple[list[Record], ImportReport]:
+def load_bench_tsv(path: str, *, max_pixels: int | None = None) -> tuple[list[Record], ImportReport]:
     report = ImportReport(path)
-    return list(iter_bench_tsv(path, report)), report
+    return list(iter_bench_tsv(path, report, max_pixels=max_pixels)), report

@@ -173,7 +173,9 @@ class _Example:
         try:
             rec = item if isinstance(item, Record) else Record.from_bytes(item)
         except ValueError as e:  # RecordError is a ValueError
-            return skip("bad_record", str(e))
+            return skip("nan_answer" if "NaN" in str(e) else "bad_record", str(e))
+        except Exception as e:  # noqa: BLE001 - whatever a damaged record raises, it costs that record only
+            return skip("bad_record", f"{type(e).__name__}: {e}")
         if self.mode == "sft" and not (rec.trace or "").strip():
             return skip("no_trace", "SFT needs an assistant trace", rec.id)
         grid, pixels = np.zeros((0, 3), np.int64), np.zeros((0, self.patch_dim), np.float32)
@@ -189,7 +191,7 @@ class _Example:
                 self.tokenizer, rec.question, rec.choices, image_grid_thw=grid if len(grid) else None,
                 merge_size=self.merge_size, fmt=self.fmt, answer=rec.trace if self.mode == "sft" else None,
             )  # fmt: skip
-        except (ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - ValueError/KeyError, RecursionError, ...: the row, not the run
             return skip("bad_text", f"{type(e).__name__}: {e}", rec.id)
         ex = {
             "input_ids": tok["input_ids"],

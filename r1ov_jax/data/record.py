@@ -26,7 +26,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from r1ov_jax.errors import InvalidInputError
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 from r1ov_jax.processing.prompts import question_text
 
 MAGIC = b"R1OV\x01"
@@ -49,6 +49,14 @@ _IMAGE_MAGICS = {
 
 class RecordError(InvalidInputError):
     """A record (or serialized record) is malformed; the message names the record id and the field."""
+
+
+_NAN_TEXTS = {"nan", "+nan", "-nan", "nan%"}
+
+
+def is_nan_text(s) -> bool:
+    """True for a gold answer that is a NaN written out ("nan", "NaN", "-nan"): a missing value, never an answer."""
+    return isinstance(s, str) and s.strip().strip("$").strip().lower() in _NAN_TEXTS
 
 
 def image_format(data: bytes) -> str | None:
@@ -103,6 +111,8 @@ class Record:
             raise RecordError(f"{where}: field 'question' is empty")
         if not self.answer.strip():
             raise RecordError(f"{where}: field 'answer' is empty")
+        if is_nan_text(self.answer):
+            raise RecordError(f"{where}: field 'answer' is NaN ({self.answer!r}), a missing value")
         if self.choices is not None:
             if not isinstance(self.choices, list) or not all(isinstance(c, str) for c in self.choices):
                 raise RecordError(
@@ -118,7 +128,7 @@ class Record:
             raise RecordError(f"{where}: field 'meta' must be a dict, got {type(self.meta).__name__}")
         try:
             json.dumps(self.meta, allow_nan=False)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise RecordError(f"{where}: field 'meta' is not JSON-serializable: {e}") from None
         return self
 
@@ -193,8 +203,12 @@ class Record:
                     raise RecordError("serialized record: image data truncated")
                 images.append(data[pos : pos + m])
                 pos += m
-        except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+        except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise RecordError(f"serialized record: corrupt or truncated ({e})") from None
+        except RecursionError:
+            raise RecordError("serialized record: a field is nested too deeply to read") from None
+        if not isinstance(head, dict):
+            raise RecordError("serialized record: header is not a JSON object")
         if pos != len(data):
             raise RecordError(f"serialized record: {len(data) - pos} trailing bytes")
         head["images"] = images
@@ -211,16 +225,48 @@ def shard_paths(out_dir: str, prefix: str = SHARD_PREFIX) -> list[str]:
     return sorted(glob.glob(os.path.join(out_dir, f"{prefix}-*-of-*")))
 
 
-def read_records(paths: str | Sequence[str]) -> Iterator[Record]:
-    """All records of ArrayRecord shards (a directory written by `synthesize`, or explicit paths), in order."""
+def read_records(paths: str | Sequence[str], report=None) -> Iterator[Record]:
+    """All good records of ArrayRecord shards (a directory written by `synthesize`, or explicit paths), in order.
+
+    A record that does not deserialize or validate (truncated, foreign, nested too deeply, NaN answer, ...) is
+    skipped and counted in ``report`` (an ``importers.ImportReport``; one per call is made when None and its
+    summary logged), named ``shard:row``; a shard that cannot be opened is counted as ``unreadable_shard``."""
+    import logging
+
     from array_record.python.array_record_module import ArrayRecordReader
 
+    from r1ov_jax.data.importers import ImportReport, RowError, row_error
+
+    own = report is None
     if isinstance(paths, str):
         paths = shard_paths(paths) if os.path.isdir(paths) else [paths]
+    if own:
+        report = ImportReport(paths[0] if len(paths) == 1 else f"{len(paths)} shards")
     for p in paths:
-        reader = ArrayRecordReader(p)
+        if not os.path.isfile(p):
+            raise MissingInputError(f"{p}: no such ArrayRecord shard")
         try:
-            for k in range(reader.num_records()):
-                yield Record.from_bytes(reader.read([k])[0])
+            reader = ArrayRecordReader(p)
+            count = reader.num_records()
+        except Exception as e:  # noqa: BLE001 - a damaged shard costs that shard, loudly
+            report.rows += 1
+            report.skip(0, RowError("unreadable_shard", f"{p}: cannot open ({type(e).__name__}: {e})"))
+            continue
+        try:
+            for k in range(count):
+                report.rows += 1
+                try:
+                    rec = Record.from_bytes(reader.read([k])[0])
+                except Exception as e:  # noqa: BLE001 - RecordError, or anything a damaged record raises
+                    err = row_error(e)
+                    reason = "bad_record" if isinstance(e, RecordError) else err.reason
+                    if isinstance(e, RecordError) and "NaN" in str(e):
+                        reason = "nan_answer"
+                    report.skip(k, RowError(reason, f"{os.path.basename(p)}:{k}: {e}"))
+                    continue
+                report.kept += 1
+                yield rec
         finally:
             reader.close()
+    if own and report.skipped:
+        logging.getLogger(__name__).warning("%s", report.summary())

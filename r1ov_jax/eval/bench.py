@@ -15,7 +15,9 @@ Column layouts understood (header names are case-insensitive; the first present 
 | image     | image: base64, a list literal of base64 strings, or the index of an earlier row with the same |
 |           | image (VLMEvalKit de-duplication); else image_path (relative to the TSV)                     |
 
-Bad rows are counted per reason in an `ImportReport` (shared with `r1ov_jax.data.importers`) and skipped.
+Bad rows are counted per reason in an `ImportReport` (shared with `r1ov_jax.data.importers`) and skipped, whatever
+the reason (non-UTF-8 bytes, decompression bombs over ``max_pixels``, pixels that do not decode, fields nested too
+deeply, NaN/empty answers, ...); `report.summary()` is one line with the counts and the first bad row.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from r1ov_jax.data.importers import ImportReport, RowError, accounted, decode_image
+from r1ov_jax.data.importers import ImportReport, RowError, accounted, check_utf8, decode_image
 from r1ov_jax.processing.prompts import FORMAT_SUFFIX, user_text
 from r1ov_jax.rewards.answers import LETTERS, choices_from_question, clean_choices, parse_choices_field
 from r1ov_jax.errors import InvalidInputError, MissingInputError
@@ -45,6 +47,8 @@ _CHOICE_COLS = ("choices", "options", "option")
 _LEVEL_COLS = ("level", "grade", "difficulty", "problem_version")
 _CATEGORY_COLS = ("category", "subject", "task", "subfield")
 _NAN = {"", "nan", "none", "null"}
+_MAX_QUESTION_CHARS = 200_000
+_MAX_ANSWER_CHARS = 20_000
 
 
 @dataclasses.dataclass
@@ -88,11 +92,13 @@ def _literal(s: str, what: str):
         raise RowError(f"bad_{what}", f"{what} field is too long")
     try:
         return json.loads(s)
+    except RecursionError:
+        raise RowError("too_nested", f"{what} field is nested too deeply") from None
     except ValueError:
         pass
     try:
         return ast.literal_eval(s)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as e:
         raise RowError(f"bad_{what}", f"{what} is not a JSON/Python literal ({type(e).__name__})") from None
 
 
@@ -116,7 +122,7 @@ def _row_choices(row: dict, raw_header: list[str], question: str, answer: str) -
     return None
 
 
-def _row_images(row: dict, idx: str, images_by_id: dict, base_dir: str) -> list[bytes]:
+def _row_images(row: dict, idx: str, images_by_id: dict, base_dir: str, max_pixels=None) -> list[bytes]:
     img = row.get("image", "").strip()
     if img and img.lower() not in _NAN:
         if len(img) <= 64 and img != idx and not img.startswith(("[", "data:")):
@@ -128,24 +134,29 @@ def _row_images(row: dict, idx: str, images_by_id: dict, base_dir: str) -> list[
             parts = _literal(img, "image")
             if not isinstance(parts, list) or not parts:
                 raise RowError("bad_image", "image list literal is empty or not a list")
-            return [decode_image(p) for p in parts]
-        return [decode_image(img)]
+            if not all(isinstance(p, str) for p in parts):
+                raise RowError("bad_image", "image list literal holds non-string values")
+            return [decode_image(p, max_pixels=max_pixels) for p in parts]
+        return [decode_image(img, max_pixels=max_pixels)]
     path = row.get("image_path", "").strip()
     if path and path.lower() not in _NAN:
         paths = _literal(path, "image") if path.startswith("[") else [path]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise RowError("bad_image", "image_path list literal holds non-string values")
         out = []
         for p in paths:
             full = p if os.path.isabs(p) else os.path.join(base_dir, p)
             try:
                 with open(full, "rb") as f:
-                    out.append(decode_image(f.read(), field="image_path"))
+                    out.append(decode_image(f.read(), field="image_path", max_pixels=max_pixels))
             except OSError as e:
                 raise RowError("missing_image_file", f"image_path {full!r}: {e.strerror}") from None
         return out
     raise RowError("missing_image", "no image / image_path value")
 
 
-def _row_to_item(row, raw_header, images_by_id, base_dir, require_image) -> BenchItem:
+def _row_to_item(row, raw_header, images_by_id, base_dir, require_image, max_pixels=None) -> BenchItem:
+    check_utf8(row.items())
     idx = _pick(row, _ID_COLS)
     if not idx:
         raise RowError("missing_id", f"no id column value ({'/'.join(_ID_COLS)})")
@@ -154,7 +165,14 @@ def _row_to_item(row, raw_header, images_by_id, base_dir, require_image) -> Benc
         raise RowError("empty_question", "question is empty")
     answer = _pick(row, ("answer_option",)) or _pick(row, _ANSWER_COLS)
     if not answer:
+        raw = next((row[c].strip() for c in ("answer_option", *_ANSWER_COLS) if row.get(c, "").strip()), "")
+        if raw.lower() == "nan":
+            raise RowError("nan_answer", f"answer is {raw!r} (a missing value)")
         raise RowError("empty_answer", "answer is empty")
+    if len(answer) > _MAX_ANSWER_CHARS:
+        raise RowError("too_long", f"answer has {len(answer)} characters (at most {_MAX_ANSWER_CHARS})")
+    if len(question) > _MAX_QUESTION_CHARS:
+        raise RowError("too_long", f"question has {len(question)} characters (at most {_MAX_QUESTION_CHARS})")
     choices = _row_choices(row, raw_header, question, answer)
     m = re.fullmatch(r"\(?([A-Z])\)?", answer)
     if choices and m and LETTERS.index(m.group(1)) >= len(choices):
@@ -162,11 +180,15 @@ def _row_to_item(row, raw_header, images_by_id, base_dir, require_image) -> Benc
     meta = {}
     if row.get("metadata", "").strip():
         md = _literal(row["metadata"].strip(), "metadata")
+        try:
+            json.dumps(md)
+        except (TypeError, ValueError, RecursionError):
+            md = {}  # unusable metadata costs the metadata, not the row
         meta = md if isinstance(md, dict) else {}
     level = _pick(row, _LEVEL_COLS) or str(meta.get("problem_version", "") or "")
     category = _pick(row, _CATEGORY_COLS) or str(meta.get("subfield", "") or "")
     try:
-        images = _row_images(row, idx, images_by_id, base_dir)
+        images = _row_images(row, idx, images_by_id, base_dir, max_pixels)
     except RowError as e:
         if require_image or e.reason != "missing_image":
             raise
@@ -180,13 +202,18 @@ def _row_to_item(row, raw_header, images_by_id, base_dir, require_image) -> Benc
     )
 
 
-def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
-    """Read an R1-Onevision-Bench or VLMEvalKit-style TSV. Returns (items, report); bad rows are skipped."""
+def load_bench_tsv(
+    path: str, *, require_image: bool = True, max_pixels: int | None = None
+) -> tuple[list[BenchItem], ImportReport]:
+    """Read an R1-Onevision-Bench or VLMEvalKit-style TSV. Returns (items, report); bad rows are skipped.
+
+    ``max_pixels``: decompression-bomb cap per image (default ``processing.image.MAX_INPUT_PIXELS``)."""
     report = ImportReport(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # base64 images are long fields
     images_by_id: dict[str, list[bytes]] = {}
     base_dir = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    # surrogateescape: a non-UTF-8 byte costs its row (bad_encoding), not the file
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="\t")
         raw_header = next(reader, None)
         if not raw_header:
@@ -203,21 +230,27 @@ def load_bench_tsv(path: str, *, require_image: bool = True) -> tuple[list[Bench
         def to_item(cells):
             if len(cells) != len(header):
                 raise RowError("bad_field_count", f"{len(cells)} fields, header has {len(header)}")
-            return _row_to_item(dict(zip(header, cells)), header, images_by_id, base_dir, require_image)
+            row = dict(zip(header, cells))
+            return _row_to_item(row, header, images_by_id, base_dir, require_image, max_pixels)
 
         rows = ((n, c) for n, c in enumerate(reader, start=2) if c and (len(c) > 1 or c[0].strip()))
         return _collect_items(report, rows, to_item), report
 
 
-def load_bench_jsonl(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
+def load_bench_jsonl(
+    path: str, *, require_image: bool = True, max_pixels: int | None = None
+) -> tuple[list[BenchItem], ImportReport]:
     """JSON lines with the TSV field names (image as base64, or `images`: list of base64)."""
     report = ImportReport(path)
     images_by_id: dict[str, list[bytes]] = {}
     base_dir = os.path.dirname(os.path.abspath(path))
 
     def to_item(line):
+        check_utf8([("line", line)])
         try:
             obj = json.loads(line)
+        except RecursionError:
+            raise RowError("too_nested", "the JSON object is nested too deeply") from None
         except ValueError as e:
             raise RowError("bad_json", str(e)) from None
         if not isinstance(obj, dict):
@@ -227,12 +260,15 @@ def load_bench_jsonl(path: str, *, require_image: bool = True) -> tuple[list[Ben
             if k == "images" and isinstance(v, list):
                 row["image"] = json.dumps(v)
             elif isinstance(v, (list, dict)):
-                row[k] = json.dumps(v)
+                try:
+                    row[k] = json.dumps(v)
+                except RecursionError:
+                    raise RowError("too_nested", f"field {k!r} is nested too deeply") from None
             else:
                 row[k] = "" if v is None else str(v)
-        return _row_to_item(row, list(row), images_by_id, base_dir, require_image)
+        return _row_to_item(row, list(row), images_by_id, base_dir, require_image, max_pixels)
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         rows = ((n, line) for n, line in enumerate(f, start=1) if line.strip())
         return _collect_items(report, rows, to_item), report
 
@@ -252,15 +288,17 @@ def _collect_items(report: ImportReport, rows, to_item) -> list[BenchItem]:
     return list(accounted(report, rows, unique))
 
 
-def load_bench(path: str, *, require_image: bool = True) -> tuple[list[BenchItem], ImportReport]:
+def load_bench(
+    path: str, *, require_image: bool = True, max_pixels: int | None = None
+) -> tuple[list[BenchItem], ImportReport]:
     """Load a benchmark file by extension (.tsv, .jsonl/.json). Returns (items, ImportReport)."""
     if not os.path.isfile(path):
         raise MissingInputError(f"benchmark file not found: {path}")
     low = path.lower()
     if low.endswith(".tsv"):
-        return load_bench_tsv(path, require_image=require_image)
+        return load_bench_tsv(path, require_image=require_image, max_pixels=max_pixels)
     if low.endswith((".jsonl", ".json")):
-        return load_bench_jsonl(path, require_image=require_image)
+        return load_bench_jsonl(path, require_image=require_image, max_pixels=max_pixels)
     raise InvalidInputError(f"{path}: unknown benchmark format; expected .tsv (Bench/VLMEvalKit) or .jsonl")
 
 

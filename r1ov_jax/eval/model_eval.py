@@ -9,7 +9,7 @@ from r1ov_jax.eval.report import write_reports
 from r1ov_jax.eval.runner import evaluate
 from r1ov_jax.processing.prompts import PromptFormat
 from r1ov_jax.rollout.chat import answer_prompts
-from r1ov_jax.errors import MissingInputError
+from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 
 def load_items(data: str) -> list[BenchItem]:
@@ -20,10 +20,16 @@ def load_items(data: str) -> list[BenchItem]:
         paths = shard_paths(data)
         if not paths:
             raise MissingInputError(f"{data}: no generated shards (run `r1ov synth --out {data}` first)")
-        return items_from_records(read_records(paths))
-    items, report = load_bench(data)
+        from r1ov_jax.data.importers import ImportReport
+
+        report = ImportReport(data)
+        items = items_from_records(read_records(paths, report))
+    else:
+        items, report = load_bench(data)
     if report.skipped:
-        print(f"{data}: skipped {report.skipped} malformed rows: {report.reasons}")
+        print(report.summary())  # "kept K of N rows; skipped S (reason: n, ...); e.g. row R: ..."
+    if not items:
+        raise InvalidInputError(f"{data}: no usable rows ({report.summary()})")
     return items
 
 

@@ -23,6 +23,11 @@ from r1ov_jax.errors import InvalidInputError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT_RATIO = 200
+# Decompression-bomb cap on the *input* image (width x height read from the header, checked before any pixel is
+# decoded): PIL's own default threshold, ~89.5 megapixels. Larger images are refused with ImageTooLargeError.
+# Change it per processor (`ImageProcessor(max_input_pixels=...)`), per importer call (`max_pixels=`), or for
+# the whole process with the R1OV_MAX_IMAGE_PIXELS environment variable.
+MAX_INPUT_PIXELS = int(os.environ.get("R1OV_MAX_IMAGE_PIXELS", 89_478_485))
 
 ImageLike = Image.Image | np.ndarray | bytes | bytearray | memoryview
 
@@ -89,9 +94,60 @@ def _array_to_rgb(array: np.ndarray, index: int) -> np.ndarray:
     return array
 
 
-def _decode_bytes(data: bytes | bytearray | memoryview, index: int) -> Image.Image:
+class ImageTooLargeError(InvalidInputError):
+    """An image's header announces more pixels than the cap (a decompression bomb or simply too big)."""
+
+
+def _allow_pil(max_pixels: int) -> None:
+    # PIL raises DecompressionBombError above 2x its own MAX_IMAGE_PIXELS at open time, before we can read the
+    # size; a cap set above that raises PIL's threshold to match (never lowers it).
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def open_checked(data: bytes, *, max_pixels: int | None = None, where: str = "image") -> Image.Image:
+    """A lazily opened PIL image whose header (format, width x height) is valid and within ``max_pixels``.
+
+    No pixel data is decoded yet. Raises ImageTooLargeError above the cap, InvalidInputError for bytes that are
+    not an image (the message starts with ``where``)."""
+    cap = MAX_INPUT_PIXELS if max_pixels is None else int(max_pixels)
+    _allow_pil(cap)
     try:
         image = Image.open(io.BytesIO(bytes(data)))
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"{where}: more than {cap} pixels ({e})") from None
+    except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
+        raise InvalidInputError(f"{where}: could not decode {len(data)} bytes as an image ({e})") from None
+    w, h = image.size
+    if w * h > cap:
+        image.close()
+        raise ImageTooLargeError(f"{where}: {w}x{h} = {w * h} pixels exceeds the cap of {cap} pixels")
+    return image
+
+
+def check_image_bytes(data: bytes, *, max_pixels: int | None = None, where: str = "image") -> tuple[int, int]:
+    """(width, height) of encoded image bytes after a header check (pixel cap) and a full decode of the pixels.
+
+    Raises ImageTooLargeError / InvalidInputError naming ``where``: header unreadable, over the cap, or pixel
+    data that fails to decode (truncated or corrupt) even though the header is valid."""
+    image = open_checked(data, max_pixels=max_pixels, where=where)
+    try:
+        image.load()
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt pixel data
+        raise InvalidInputError(
+            f"{where}: header is valid ({image.format} {image.size[0]}x{image.size[1]}) but the pixel data "
+            f"does not decode ({type(e).__name__}: {e})"
+        ) from None
+    finally:
+        image.close()
+    return image.size
+
+
+def _decode_bytes(
+    data: bytes | bytearray | memoryview, index: int, max_pixels: int | None = None
+) -> Image.Image:
+    image = open_checked(bytes(data), max_pixels=max_pixels, where=f"image {index}")
+    try:
         image.load()
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
         raise InvalidInputError(f"image {index}: could not decode {len(data)} bytes as an image ({e})") from e
@@ -124,6 +180,8 @@ class ImageProcessor:
         resample: PIL resampling filter (bicubic).
         num_threads: threads for a multi-image call (PIL decode/resize and NumPy copies release the GIL);
             None = min(8, CPU count). Pass 1 inside multi-process data loaders.
+        max_input_pixels: decompression-bomb cap on an input image's width x height, checked from the header
+            before decoding (default MAX_INPUT_PIXELS, ~89.5 MP); larger images raise ImageTooLargeError.
     """
 
     def __init__(
@@ -137,6 +195,7 @@ class ImageProcessor:
         image_std: Sequence[float] = OPENAI_CLIP_STD,
         resample: int = Image.Resampling.BICUBIC,
         num_threads: int | None = None,
+        max_input_pixels: int | None = None,
     ):
         for name, value in [
             ("min_pixels", min_pixels),
@@ -164,6 +223,9 @@ class ImageProcessor:
         self.image_std = tuple(float(v) for v in image_std)
         self.resample = Image.Resampling(resample)
         self.num_threads = num_threads
+        self.max_input_pixels = int(MAX_INPUT_PIXELS if max_input_pixels is None else max_input_pixels)
+        if self.max_input_pixels <= 0:
+            raise InvalidInputError(f"max_input_pixels must be positive, got {max_input_pixels!r}")
         self._lut = self._build_lut()
         # Even patch sides let two horizontally adjacent pixels share one lookup (a '<u2' index into a table
         # of float32 pairs, read as int64): half the gathers. Odd sides use one pixel per lookup.
@@ -208,10 +270,14 @@ class ImageProcessor:
     def _to_rgb(self, image: Any, index: int) -> Image.Image | np.ndarray:
         """Decoded RGB image: a PIL image (mode RGB) or a uint8 HWC array; both still at input size."""
         if isinstance(image, (bytes, bytearray, memoryview)):
-            image = _decode_bytes(image, index)
+            image = _decode_bytes(image, index, self.max_input_pixels)
         if isinstance(image, Image.Image):
             if image.width == 0 or image.height == 0:
                 raise InvalidInputError(f"image {index} is empty ({image.height}x{image.width} pixels)")
+            if image.width * image.height > self.max_input_pixels:
+                raise ImageTooLargeError(
+                    f"image {index}: {image.width}x{image.height} exceeds the cap of {self.max_input_pixels} pixels"
+                )
             try:
                 return _pil_to_rgb(image)
             except Exception as e:
@@ -221,6 +287,11 @@ class ImageProcessor:
         if isinstance(image, np.ndarray):
             if image.size == 0:
                 raise InvalidInputError(f"image {index} is empty (shape {image.shape})")
+            if image.ndim >= 2 and image.shape[0] * image.shape[1] > self.max_input_pixels:
+                raise ImageTooLargeError(
+                    f"image {index}: {image.shape[1]}x{image.shape[0]} exceeds the cap of "
+                    f"{self.max_input_pixels} pixels"
+                )
             return _array_to_rgb(image, index)
         raise TypeError(
             f"image {index}: expected a PIL image, a uint8 numpy array or encoded bytes, got {type(image)}"

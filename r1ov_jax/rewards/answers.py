@@ -42,18 +42,56 @@ def strip_markup(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+_BRACE = re.compile(r"[{}]")
+
+
 def boxed_contents(s: str, max_len: int = 500) -> list[tuple[int, str]]:
-    """All `\\boxed{...}` / `\\fbox{...}` contents with their start offsets (balanced braces)."""
+    """All `\\boxed{...}` / `\\fbox{...}` contents with their start offsets (balanced braces, at most
+    ``max_len`` characters each). Linear time: one pass matches every brace of the text."""
+    starts = [(m.start(), m.end()) for m in _BOXED_START.finditer(s)]
+    if not starts:
+        return []
+    close: dict[int, int] = {}  # position of a "{" -> position of its matching "}"
+    stack: list[int] = []
+    for m in _BRACE.finditer(s, starts[0][1] - 1):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            close[stack.pop()] = m.start()
     out = []
-    for m in _BOXED_START.finditer(s):
-        depth, i = 1, m.end()
-        end = min(len(s), m.end() + max_len)
-        while i < end and depth:
-            depth += {"{": 1, "}": -1}.get(s[i], 0)
-            i += 1
-        if depth == 0:
-            out.append((m.start(), s[m.end() : i - 1]))
+    for start, end in starts:
+        j = close.get(end - 1)
+        if j is not None and j - end < max_len:
+            out.append((start, s[end:j]))
     return out
+
+
+_OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
+_CLOSE_TAG = re.compile(r"</answer>", re.IGNORECASE)
+
+
+def answer_blocks(text: str, *, ignore_case: bool = True) -> list[str]:
+    """The bodies of the `<answer>…</answer>` blocks, as ``re.findall(r"<answer>(.*?)</answer>", text, re.S)``
+    gives them, in linear time (that regex is quadratic on an unclosed `<answer>` repeated many times)."""
+    flags = re.IGNORECASE if ignore_case else 0
+    opens = _OPEN_TAG if ignore_case else re.compile("<answer>", flags)
+    closes = _CLOSE_TAG if ignore_case else re.compile("</answer>", flags)
+    out, pos = [], 0
+    while True:
+        m = opens.search(text, pos)
+        if m is None:
+            return out
+        c = closes.search(text, m.end())
+        if c is None:
+            return out
+        out.append(text[m.end() : c.start()])
+        pos = c.end()
+
+
+def last_answer_block(text: str, *, ignore_case: bool = True) -> str | None:
+    """The body of the last `<answer>…</answer>` block (unstripped), or None; linear time."""
+    blocks = answer_blocks(text or "", ignore_case=ignore_case)
+    return blocks[-1] if blocks else None
 
 
 _ANSWER_PREFIX = re.compile(
@@ -203,15 +241,19 @@ def parse_choices_field(raw: str) -> list[str] | None:
             raise ValueError("choices field too long")
         try:
             val = json.loads(s)
+        except RecursionError:
+            raise ValueError("choices literal is nested too deeply") from None
         except ValueError:
             try:
                 val = ast.literal_eval(s)  # literals only; never eval()
-            except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
-                raise ValueError(f"unreadable choices literal: {e}") from None
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as e:
+                raise ValueError(f"unreadable choices literal: {type(e).__name__}: {e}") from None
         if isinstance(val, dict):
             val = [val[k] for k in sorted(val, key=str)]
         if not isinstance(val, (list, tuple)) or not val:
             raise ValueError("choices literal is not a non-empty list")
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in val):
+            raise ValueError("choices literal holds nested values; expected option texts")
         return clean_choices([str(v) for v in val])
     # Text: labels "A." / "(A)" / "A:" / "A)" in order A, B, C, ... at line starts or after whitespace.
     marks = list(re.finditer(r"(?:^|(?<=\s))(?:\(([A-Z])\)|([A-Z])[.):：])\s*", s))
