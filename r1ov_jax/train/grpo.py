@@ -17,6 +17,7 @@ tied): its gradient would be KL float noise only, which Adam would blow up to a 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -32,7 +33,10 @@ from r1ov_jax.rewards import compute_rewards
 from r1ov_jax.rollout.sampler import SamplingConfig, generate
 from r1ov_jax.sharding.mesh import host_local_rows
 from r1ov_jax.train.loop import TrainingRun, placement
+from r1ov_jax.train.losses import token_logprobs
 from r1ov_jax.train.optim import make_nnx_optimizer
+
+log = logging.getLogger(__name__)
 
 
 def default_grpo_config() -> ml_collections.ConfigDict:
@@ -91,7 +95,9 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float, epsilon: 
 
 
 # --------------------------------------------------------------------------- model log-probs
-def completion_logprobs(model, prompt: dict, completions: jax.Array, comp_mask: jax.Array, group: int):
+def completion_logprobs(
+    model, prompt: dict, completions: jax.Array, comp_mask: jax.Array, group: int, chunk_size: int = 1024
+):
     """log p(completion tokens) ``[B*G, T]`` under ``model``: prompt embeddings (vision tower run once per
     prompt) repeated G times, then completions appended, one causal pass."""
     rep = lambda x, axis=0: jnp.repeat(x, group, axis=axis)  # noqa: E731
@@ -104,9 +110,16 @@ def completion_logprobs(model, prompt: dict, completions: jax.Array, comp_mask: 
     positions = jnp.concatenate([pos_prompt, pos_comp], axis=2)
     h = model.decoder(x, positions, segments).hidden
     length = seg_prompt.shape[1]
-    logits = model.logits(h[:, length - 1 : length - 1 + t]).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, -1)
-    return jnp.take_along_axis(logp, completions[..., None], -1)[..., 0]
+    w, vocab_major = model.output_projection()  # chunked LM head: no [B*G, T, vocab] logits
+    logp, _ = token_logprobs(
+        h[:, length - 1 : length - 1 + t],
+        w,
+        completions,
+        vocab_major=vocab_major,
+        chunk_size=chunk_size,
+        dtype=model.cfg.dtype,
+    )
+    return logp
 
 
 @nnx.jit(static_argnames=("group",))
@@ -197,9 +210,23 @@ def run_grpo(
     step, rng = run.start(jax.random.key(tc.seed))
     bar = tqdm(total=tc.steps, initial=step, desc="grpo", disable=not progress, dynamic_ncols=True)
     last = {}
+    shapes = set()  # distinct prompt shapes seen: each one compiles the sampler and the log-prob pass again
     try:
         while step < tc.steps:
             item = next(prompt_iter)
+            shape = tuple(
+                tuple(np.shape(item["inputs"][k]))
+                for k in ("input_ids", "pixel_values")
+                if k in item["inputs"]
+            )
+            if shape not in shapes and shapes:
+                log.warning(
+                    "GRPO prompt shape %s is new (%d so far): the sampler and log-prob pass recompile; fix "
+                    "pipeline.max_prompt_len / max_prompt_patches for static shapes",
+                    shape,
+                    len(shapes) + 1,
+                )
+            shapes.add(shape)
             prompt = put(item["inputs"])
             rng, key = jax.random.split(rng)
             t0 = time.perf_counter()
@@ -254,6 +281,7 @@ def run_grpo(
                 }
             last = {k: float(v) for k, v in aux.items()}
             last["skipped_update"] = float(skip)
+            last["prompt_shapes"] = float(len(shapes))
             last.update(
                 reward=float(jnp.mean(rewards["total"])),
                 reward_std=float(jnp.std(rewards["total"])),

@@ -11,6 +11,7 @@ Config layout (see ``configs/``)::
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -25,6 +26,8 @@ from r1ov_jax.train import grpo as grpo_lib
 from r1ov_jax.train import sft as sft_lib
 from r1ov_jax.train.builders import build_model
 from r1ov_jax.train.loop import default_train_config
+
+log = logging.getLogger(__name__)
 from r1ov_jax.errors import InvalidInputError, MissingInputError
 
 
@@ -137,6 +140,11 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
         tok = load_tokenizer(cfg)
         model = build_model(cfg.model, tok)
     geometry = model.cfg.vision.geometry()
+    if cfg.pipeline.max_prompt_len is None or cfg.pipeline.max_prompt_patches is None:
+        log.warning(
+            "pipeline.max_prompt_len / max_prompt_patches unset: prompt shapes are unbounded and the sampler "
+            "recompiles whenever the longest prompt or image of a batch changes (minutes per step on a pod)"
+        )
     runs.create(
         out_dir, model, tok, image_processor(cfg.pipeline, geometry), stage="grpo",
         base=cfg.rl.init_from or cfg.model.hf_path or None, prompt_format=prompt_format(cfg.pipeline, "prompt"),

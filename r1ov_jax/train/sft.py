@@ -20,6 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from r1ov_jax.train.loop import TrainingRun
+from r1ov_jax.train.losses import token_logprobs
 from r1ov_jax.train.optim import make_nnx_optimizer
 
 MODEL_KEYS = ("input_ids", "segment_ids", "positions", "pixel_values", "vision")
@@ -32,14 +33,21 @@ def token_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
     return ids[:, 1:], (batch["loss_mask"][:, 1:].astype(bool) & same).astype(jnp.float32)
 
 
-def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy over assistant target tokens of the batch (token-level mean)."""
-    logits = model.forward(**{k: batch[k] for k in MODEL_KEYS if k in batch})[:, :-1]
+def sft_loss(model, batch: dict, chunk_size: int = 1024) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over assistant target tokens of the batch (token-level mean).
+
+    The LM head runs chunk by chunk over the sequence (``losses.token_logprobs``): the ``[b, L, vocab]`` logits
+    and their softmax gradient never exist at once.
+    """
+    hidden = model.decoder_outputs(**{k: batch[k] for k in MODEL_KEYS if k in batch}).hidden[:, :-1]
     targets, weights = token_targets(batch)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    w, vocab_major = model.output_projection()
+    logp, hit = token_logprobs(
+        hidden, w, targets, vocab_major=vocab_major, chunk_size=chunk_size, dtype=model.cfg.dtype
+    )
     n = jnp.maximum(weights.sum(), 1.0)
-    loss = (ce * weights).sum() / n
-    acc = ((logits.argmax(-1) == targets) * weights).sum() / n
+    loss = -(logp * weights).sum() / n
+    acc = (hit * weights).sum() / n
     return loss, {"loss": loss, "token_acc": acc, "tokens": weights.sum()}
 
 
