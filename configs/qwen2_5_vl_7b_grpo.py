@@ -1,10 +1,12 @@
 """R1-Onevision GRPO recipe (arXiv 2503.10615) from the 7B SFT run, with format + accuracy rewards.
 
     r1ov grpo --config configs/qwen2_5_vl_7b_grpo.py --config.rl.init_from=runs/qwen2_5_vl_7b_sft \
-        --config.data.rl=/data/clevr_rl --config.mesh.fsdp=8
+        --config.data.rl=/data/clevr_rl
 
 10k CLEVR-style prompts, 1 epoch: G = 8 completions per prompt, lr 1e-6, β = 0.04 (k3 KL to the SFT policy),
 ε = 0.2, μ = 1 policy update per rollout batch, completions up to 256 tokens, temperature 1.0.
+
+First run `r1ov preflight --config <this file> --topology v5p-64` (see launch/README.md).
 """
 
 import ml_collections
@@ -17,10 +19,20 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     cfg.model.preset = f"qwen2_5_vl_{size}"
     cfg.model.dtype = "bfloat16"  # compute; params stay fp32 for the optimizer
     cfg.model.param_dtype = "float32"
-    cfg.model.attn_impl = "auto"  # Pallas kernels on TPU/GPU
-    cfg.model.remat = True
+    # XLA attention: the Pallas kernels do not compile on a multi-chip mesh yet (not wrapped in shard_map;
+    # `r1ov preflight` says so), "auto" would pick them on TPU
+    cfg.model.attn_impl = "xla"
+    cfg.model.remat = True  # "full": keep only each block's input
+    cfg.mesh.data, cfg.mesh.fsdp = (
+        1,
+        -1,
+    )  # FSDP over every chip: params, policy/reference copies and Adam sharded
     cfg.pipeline.max_pixels = 768 * 768
     cfg.pipeline.prompt_batch_size = 16  # prompts per step; x G = 128 completions
+    # Static prompt shapes: one sampler / log-prob compile per run (None = longest in the batch recompiles
+    # whenever the longest prompt or image changes). A 768x768 image is 3009 patches (752 merged tokens).
+    cfg.pipeline.max_prompt_patches = 3072  # per prompt, a multiple of merge_size**2
+    cfg.pipeline.max_prompt_len = 1024  # 768 image tokens + system prompt, question, choices and the suffix
 
     g = cfg.rl.grpo
     g.num_generations, g.beta, g.epsilon, g.num_iterations = 8, 0.04, 0.2, 1

@@ -1,0 +1,72 @@
+"""Preflight table: the paper configs (3B, 7B × SFT, GRPO) compiled deviceless for TPU topologies.
+
+    python benchmarks/bench_preflight.py [--sizes 3b 7b] [--stages sft grpo] [--topologies v5p-8 v5p-64 ...]
+        [--json OUT] [--config.a.b=v ...]
+
+Per row: per-chip GiB (XLA memory analysis; GRPO: the peak phase incl. the state resident outside it), fits,
+compiled / analytic FLOPs per chip, XLA's cost-model step time and the MFU it implies at the chip's peak bf16
+FLOP/s. Needs libtpu (``pip install -e .[tpu]``), no TPU. Every row is one ``r1ov_jax.preflight.run`` (what
+``r1ov preflight`` runs); a row that does not fit is printed as such, not raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from r1ov_jax import preflight
+from r1ov_jax.cli import _split_overrides
+from r1ov_jax.config_utils import load_config
+from r1ov_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGIES = ("v5p-8", "v5p-64", "v5e-256", "v6e-64")
+
+
+def row(size, stage, topo, report):
+    s = report["stages"][stage]
+    b = s["bytes_per_chip"]["total"] / preflight.GiB
+    ratio = f"{s['flops_ratio']:.2f}" if s.get("flops_ratio") else "-"
+    est = f"{s['est_step_seconds']:.3g}" if s.get("est_step_seconds") else "-"
+    mfu = f"{100 * s['est_mfu']:.0f}%" if s.get("est_mfu") else "-"
+    return (f"| {size} | {stage} | {topo} | {report['mesh']['data']}x{report['mesh']['fsdp']}x"
+            f"{report['mesh']['tensor']} | {b:.1f} / {report['hbm_bytes_per_chip'] / preflight.GiB:.1f} | "
+            f"{'yes' if s['fits'] else 'NO'} | {ratio} | {est} | {mfu} |")  # fmt: skip
+
+
+def main(argv=None):
+    argv, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="*", default=["3b", "7b"])
+    ap.add_argument("--stages", nargs="*", default=["sft", "grpo"])
+    ap.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    print("| model | stage | topology | mesh d x f x t | GiB/chip (used / HBM) | fits | compiled/analytic FLOPs "
+          "| est. step s (XLA) | est. MFU |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for size in args.sizes:
+        for stage in args.stages:
+            path = os.path.join(ROOT, "configs", f"qwen2_5_vl_{size}_{stage}.py")
+            for topo in args.topologies:
+                t0 = time.perf_counter()
+                try:
+                    report = preflight.run(load_config(path, overrides), topo, stage)
+                except UserError as e:
+                    print(f"| {size} | {stage} | {topo} | error: {e} |||||||", flush=True)
+                    continue
+                print(
+                    row(size, stage, topo, report), f"<!-- {time.perf_counter() - t0:.0f} s -->", flush=True
+                )
+                results.append({"size": size, **preflight.public_report(report)})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``r1ov preflight``: deviceless TPU compiles of the trainers' own step functions (needs libtpu, no TPU)."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from r1ov_jax import preflight
+from r1ov_jax.cli import main
+from r1ov_jax.config_utils import load_config
+from r1ov_jax.errors import InvalidInputError
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu (.[tpu])")
+
+TINY = ["--config", "configs/tiny_cpu.py", "--config.mesh.data=-1"]
+
+
+def _error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
+def test_parse_topology():
+    t = preflight.parse_topology("v5p-64")
+    assert (t.chips, t.topology_name, t.generation.chip_config) == (32, "v5p:2x4x4", "megacore")
+    assert preflight.parse_topology("v4-8").chips == 4
+    assert preflight.parse_topology("v5e-256").topology_name == "v5e:16x16"
+    assert preflight.parse_topology("v6e-64").hbm_bytes == 32 * preflight.GiB
+    for bad in ("v5p-63", "v7-8", "tpu"):
+        with pytest.raises(InvalidInputError):
+            preflight.parse_topology(bad)
+
+
+def test_tiny_fits_v5e8_json(tmp_path, capsys):
+    """The tiny config fits on v5e-8 (SFT and every GRPO phase); --json has the documented schema."""
+    out = tmp_path / "pf.json"
+    assert main(["preflight", *TINY, "--topology", "v5e-8", "--json", str(out)]) == 0
+    assert "sft" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert {"topology", "chips", "hbm_bytes_per_chip", "stages"} <= set(report)
+    assert (report["topology"], report["chips"]) == ("v5e-8", 8)
+    assert report["distinct_compiled_shapes"] == {"sft": 1, "grpo": 1}
+    for name in ("sft", "grpo", "grpo/rollout", "grpo/logprobs", "grpo/update"):
+        s = report["stages"][name]
+        assert {
+            "fits",
+            "bytes_per_chip",
+            "flops_per_chip",
+            "model_flops",
+            "est_step_seconds",
+            "est_mfu",
+        } <= set(s)
+        assert set(s["bytes_per_chip"]) >= {"arguments", "outputs", "temporaries", "total"}
+        assert s["fits"] and 0 < s["bytes_per_chip"]["total"] < report["hbm_bytes_per_chip"]
+        assert s["flops_per_chip"] > 0 and s["model_flops"] > 0
+
+
+def test_oom_is_one_error_line(capsys):
+    """A config far beyond the chip's HBM: exit code 2, one `error:` line with required vs available bytes."""
+    rc = main(["preflight", *TINY, "--topology", "v5e-8", "--stage", "sft",
+               "--config.pipeline.seq_len=32768", "--config.pipeline.batch_size=512"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "does not fit on v5e-8" in lines[0] and "16.00 GiB available" in lines[0]
+    assert "model.remat" in lines[0] and "mesh" in lines[0]
+
+
+def test_unbounded_prompt_shapes_warn():
+    cfg = load_config("configs/tiny_cpu.py", ["pipeline.max_prompt_len=None"])
+    geometry = preflight.model_config_for_target(cfg.model).vision.geometry()
+    ps = preflight.prompt_shape(cfg.pipeline, geometry)
+    assert not ps.static and "max_prompt_len=None" in ps.assumed
+
+
+def test_vision_flops_scale_with_chips():
+    """Images travel with their rows: the vision tower's compiled FLOPs per chip at 8 chips are <= 0.2x those at
+    one chip for the same global batch (cost analysis of model.embed, batch sharded over data)."""
+    from r1ov_jax.sharding import make_mesh, rules_for
+
+    cfg = load_config("configs/tiny_cpu.py", ["pipeline.batch_size=8"])
+    mcfg = preflight.model_config_for_target(cfg.model)
+    devices = preflight.topology_devices(preflight.parse_topology("v5e-8"))
+    flops = {}
+    for n in (1, 8):
+        mesh = make_mesh(n, 1, 1, devices=devices[:n])
+        model = preflight.abstract_model(mcfg, mesh)
+        batch = preflight.place_batch(preflight.sft_batch_shapes(cfg.pipeline, mcfg.vision.geometry()), mesh)
+        target = preflight.Target(None, mesh, mcfg, rules_for(mcfg, mesh), model, None, None)
+
+        @nnx.jit
+        def embed(m, b):
+            return m.embed(b["input_ids"], b["pixel_values"], b["vision"]).astype(jnp.float32).sum()
+
+        with target.ctx():
+            compiled = embed.lower(model, batch).compile()
+        ca = compiled.cost_analysis()
+        flops[n] = (ca[0] if isinstance(ca, list) else ca)["flops"]
+    assert flops[8] <= 0.2 * flops[1], flops
+
+
+@pytest.mark.slow
+def test_paper_7b_sft_fits_v5p64(tmp_path):
+    """configs/qwen2_5_vl_7b_sft.py as shipped fits a v5p-64 (a few minutes of compile on 2 cores)."""
+    cfg = load_config("configs/qwen2_5_vl_7b_sft.py")
+    report = preflight.run(cfg, "v5p-64", "sft")
+    s = report["stages"]["sft"]
+    assert s["fits"], preflight.format_report(report)
+    assert s["bytes_per_chip"]["total"] < report["hbm_bytes_per_chip"]
+    assert cfg.pipeline.batch_size * cfg.sft.optim.grad_accum == 128  # the paper's global batch
+    assert jax.device_count() >= 1  # compiled without touching a TPU
