@@ -28,11 +28,11 @@ import re
 from dataclasses import asdict, dataclass
 
 from r1ov_jax.rewards import answers as A
-from r1ov_jax.rewards.accuracy import gold_letter, match_choice_text, verify_answer
+from r1ov_jax.rewards.accuracy import ANSWER_BUDGET_S, gold_letter, match_choice_text, verify_answer
+from r1ov_jax.rewards.budget import time_budget
 
 RULES = ("answer_tag", "boxed", "phrase", "bare", "none", "judge")
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _VERB = r"(?:is|was|would\s+be|should\s+be|must\s+be|will\s+be|remains)"
 _TOPIC = r"(?:\s+(?:to|for)\s+(?:this|the)\s+(?:question|problem))?"
 _PHRASE = re.compile(
@@ -53,6 +53,8 @@ _CLAUSE_END = re.compile(
 )
 _ENGLISH_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 _MAX_SPAN = 400
+_MAX_CANDIDATES = 64  # latest explicit spans tried per scope; a degenerate output cannot make us try 100k
+_MAX_BODY = 4000  # an <answer> body longer than this is not an answer as a whole (only spans inside are read)
 
 
 @dataclass(frozen=True)
@@ -147,20 +149,33 @@ def _interpret(span: str, task: _Task, *, whole: bool = False) -> tuple[str, boo
 
 def _candidates(text: str) -> list[tuple[int, str, str, bool]]:
     """Explicit answer spans (position, rule, span, whole) in `text`, latest first."""
+    n, window = len(text), 16384
+    while True:  # the latest spans win: scan growing tails until enough are found (linear overall)
+        lo = max(0, n - window)
+        found = _candidates_from(text, lo)
+        if lo == 0 or len(found) >= _MAX_CANDIDATES:
+            return found
+        window *= 4
+
+
+def _candidates_from(text: str, lo: int) -> list[tuple[int, str, str, bool]]:
     found = []
-    for m in _PHRASE.finditer(text):
-        start = max(text.rfind(".", 0, m.start()), text.rfind("\n", 0, m.start()), m.start() - 80)
+    for m in _PHRASE.finditer(text, lo):
+        lo = max(0, m.start() - 80)  # bounded look-back: linear time however many phrases there are
+        start = max(text.rfind(".", lo, m.start()), text.rfind("\n", lo, m.start()), m.start() - 80)
         if _HYPOTHETICAL.search(text[start + 1 : m.start()]):
             continue
         found.append((m.start(), "phrase", text[m.end() : m.end() + _MAX_SPAN], False))
-    for pos, content in A.boxed_contents(text):
-        found.append((pos, "boxed", content, True))
+    for pos, content in A.boxed_contents(text[lo:] if lo else text):
+        found.append((pos + lo, "boxed", content, True))
     found.sort(key=lambda c: c[0], reverse=True)
-    return found
+    return found[:_MAX_CANDIDATES]
 
 
 def _bare(output: str, task: _Task) -> tuple[str, bool] | None:
     """The whole output is only an answer ("B", "(B)", "B. 8/11", "12 cm")."""
+    if len(output) > 4 * 80:
+        return None  # cheap bound before any normalization of a long output
     s = A.strip_markup(output).strip()
     if not s or len(s) > 80 or "\n" in s:
         return None
@@ -181,7 +196,9 @@ def _bare(output: str, task: _Task) -> tuple[str, bool] | None:
     return value, verify_answer(value, task.gold, task.choices)
 
 
-def score_answer(output: str, gold: str, choices: list[str] | None = None) -> AnswerScore:
+def score_answer(
+    output: str, gold: str, choices: list[str] | None = None, *, budget_s: float | None = ANSWER_BUDGET_S
+) -> AnswerScore:
     """Extract the explicit final answer from a model output and verify it against the gold.
 
     Args:
@@ -190,18 +207,25 @@ def score_answer(output: str, gold: str, choices: list[str] | None = None) -> An
       choices: option texts in order A, B, ... ("A." labels are stripped), or None.
     Returns:
       AnswerScore(correct, extracted, undecided, rule, span). See the module docstring for the rules.
+
+    Time: linear in the output's length; all verification together gets ``budget_s`` (default
+    ``rewards.accuracy.ANSWER_BUDGET_S`` = 1.0 s; symbolic checks are cut off when it is spent).
     """
-    output = output or ""
+    with time_budget(budget_s):
+        return _score(output or "", gold, choices)
+
+
+def _score(output: str, gold: str, choices) -> AnswerScore:
     task = _task(gold, choices)
 
-    blocks = _ANSWER_TAG.findall(output)
+    blocks = A.answer_blocks(output)
     if blocks:
         body = blocks[-1].strip()
         for _, rule, span, whole in _candidates(body):
             got = _interpret(span, task, whole=whole)
             if got is not None:
                 return AnswerScore(got[1], got[0], False, "answer_tag", span.strip()[:_MAX_SPAN])
-        got = _interpret(body, task, whole=True)
+        got = _interpret(body, task, whole=True) if len(body) <= _MAX_BODY else None
         if got is not None:
             return AnswerScore(got[1], got[0], False, "answer_tag", body[:_MAX_SPAN])
         return AnswerScore(False, None, True, "answer_tag", body[:_MAX_SPAN])

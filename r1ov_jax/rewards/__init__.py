@@ -3,6 +3,10 @@
 from r1ov_jax.rewards import compute_rewards
 r = compute_rewards(completions, golds, choices_list, weights={"format": 1.0, "accuracy": 1.0})
 r["total"]  # float32[n] = sum_k weights[k] * r[k]
+
+Time: each completion has one budget (``accuracy.ANSWER_BUDGET_S``, 1.0 s) and each GRPO group of completions
+another (``accuracy.GROUP_BUDGET_S``, 2.0 s), enforced in any thread by killing symbolic-check worker processes
+(`r1ov_jax.rewards.budget`); a spent budget leaves only the cheap checks (letters, strings, numbers).
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from r1ov_jax.rewards.accuracy import accuracy_reward, extract_answer_block, verify_answer
+from r1ov_jax.rewards import budget
+from r1ov_jax.rewards.accuracy import (
+    ANSWER_BUDGET_S,
+    GROUP_BUDGET_S,
+    accuracy_reward,
+    extract_answer_block,
+    verify_answer,
+)
 from r1ov_jax.rewards.format import FORMAT_PATTERN, format_reward, format_rewards
 
 REWARD_FUNCS = {"format": lambda c, g, ch: format_reward(c), "accuracy": accuracy_reward}
@@ -23,6 +34,10 @@ def compute_rewards(
     golds: Sequence[str],
     choices_list: Sequence[list[str] | None] | None = None,
     weights: Mapping[str, float] | None = None,
+    *,
+    group_size: int | None = None,
+    answer_budget_s: float | None = None,
+    group_budget_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-completion rewards.
 
@@ -32,6 +47,10 @@ def compute_rewards(
       golds: n gold answers.
       choices_list: n option lists (None entries for free-form), or None for all free-form.
       weights: reward name -> weight, names from `REWARD_FUNCS` ("format", "accuracy"); default 1.0 each.
+      group_size: G, the completions per prompt (consecutive rows); None: runs of rows with the same gold and
+        choices are the groups.
+      answer_budget_s / group_budget_s: time budgets per completion / per group (defaults
+        ``accuracy.ANSWER_BUDGET_S`` = 1.0 s, ``accuracy.GROUP_BUDGET_S`` = 2.0 s), wall time, in any thread.
     Returns:
       {"total": float32[n], "<name>": float32[n] for every weighted reward}. `total` is the weighted sum.
     """
@@ -48,19 +67,48 @@ def compute_rewards(
         raise ValueError(
             f"compute_rewards: unknown reward(s) {sorted(unknown)}; known: {sorted(REWARD_FUNCS)}"
         )
+    if group_size is not None and (int(group_size) != group_size or group_size < 1):
+        raise ValueError(f"compute_rewards: group_size must be a positive int, got {group_size!r}")
+    a_budget = ANSWER_BUDGET_S if answer_budget_s is None else answer_budget_s
+    g_budget = GROUP_BUDGET_S if group_budget_s is None else group_budget_s
+    if "accuracy" in weights:
+        budget.warm_up(wait=True)  # once per process: the workers' sympy import is not charged to any budget
+    scores = {name: np.zeros(n, dtype=np.float32) for name in weights}
+    for lo, hi in _groups(golds, choices_list, group_size):
+        with budget.time_budget(g_budget):
+            for i in range(lo, hi):
+                c, g, ch = completions[i], golds[i], choices_list[i]
+                for name in weights:
+                    fn = REWARD_FUNCS[name]
+                    scores[name][i] = (
+                        fn(c, g, ch, budget_s=a_budget) if fn is accuracy_reward else fn(c, g, ch)
+                    )
     out = {}
     total = np.zeros(n, dtype=np.float32)
     for name, w in weights.items():
-        fn = REWARD_FUNCS[name]
-        r = np.asarray([fn(c, g, ch) for c, g, ch in zip(completions, golds, choices_list)], dtype=np.float32)
-        out[name] = r
-        total += np.float32(w) * r
+        out[name] = scores[name]
+        total += np.float32(w) * scores[name]
     out["total"] = total
     return out
 
 
+def _groups(golds, choices_list, group_size):
+    """(start, stop) of each group of consecutive rows."""
+    n = len(golds)
+    if group_size is not None:
+        return [(lo, min(n, lo + int(group_size))) for lo in range(0, n, int(group_size))]
+    out, lo = [], 0
+    for i in range(1, n + 1):
+        if i == n or (golds[i], choices_list[i]) != (golds[lo], choices_list[lo]):
+            out.append((lo, i))
+            lo = i
+    return out
+
+
 __all__ = [
+    "ANSWER_BUDGET_S",
     "FORMAT_PATTERN",
+    "GROUP_BUDGET_S",
     "REWARD_FUNCS",
     "accuracy_reward",
     "compute_rewards",

@@ -9,11 +9,14 @@
 4. symbolic equivalence with math-verify (`\\frac{1}{2}` == 0.5, `2\\sqrt{2}` == `\\sqrt{8}`, `y=2x+1`), bounded
    in time.
 
-Bounded time. math-verify's own timeouts use `signal.alarm` (whole seconds, main thread only) and cannot stop
-work done inside C (a big-integer power such as `2^{10^{10}}` runs for minutes). So: (a) inputs that could blow up
-are never handed to sympy — long strings, deep nesting, exponents above `_MAX_EXPONENT`, nested powers,
-factorials of large numbers, long digit runs; (b) the remaining symbolic work runs under one `setitimer` deadline
-(`timeout_s`, main thread; elsewhere (a) alone bounds it). Model text is never evaluated as code.
+Bounded time (`r1ov_jax.rewards.budget`). math-verify's own timeouts use `signal.alarm` (whole seconds, main thread
+only) and cannot stop work done inside C (a big-integer power such as `2^{10^{10}}` runs for minutes). So: (a) inputs
+that could blow up are never handed to sympy — long strings, deep nesting, exponents above `_MAX_EXPONENT`, nested
+powers (also written with `\\left( \\right)`), factorials of large numbers, long digit runs; (b) the remaining
+symbolic work runs in a worker process that is killed at its deadline, in any thread; (c) every answer has one time
+budget (``ANSWER_BUDGET_S`` = 1.0 s by default) and every GRPO group another (``GROUP_BUDGET_S`` = 2.0 s, see
+`compute_rewards`); each math-verify call takes at most ``SYMBOLIC_TIMEOUT_S`` (1.0 s) of what is left. Failed
+parses and timeouts are cached. Model text is never evaluated as code. A NaN is never a correct answer.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ import time
 from contextlib import contextmanager
 
 from r1ov_jax.rewards import answers as A
+from r1ov_jax.rewards import budget as B
+from r1ov_jax.rewards.budget import time_budget
+
+# Default budgets (seconds); the environment variables change them for a whole process.
+ANSWER_BUDGET_S = B.env_seconds("R1OV_ANSWER_BUDGET_S", 1.0)  # one answer: all its comparisons together
+GROUP_BUDGET_S = B.env_seconds("R1OV_GROUP_BUDGET_S", 2.0)  # one GRPO group (G completions of one prompt)
+SYMBOLIC_TIMEOUT_S = B.env_seconds(
+    "R1OV_SYMBOLIC_TIMEOUT_S", 1.0
+)  # one math-verify call, hard (process killed)
 
 _MAX_PRED_CHARS = 4000  # longer "answers" are not answers; only exact string equality is tried
 _MAX_SYMBOLIC_CHARS = 200
@@ -41,7 +53,6 @@ def _is_prose(s: str) -> bool:
 
 
 _LABEL_SEP = re.compile(r"(?<![\\A-Za-z\d])[A-Za-z]\s*[.:]\s")  # "A. 3/11 B. 8/11", "x: 5"
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
 class _Deadline(BaseException):
@@ -85,10 +96,16 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_TimeoutNoticeFilter())
 
 
+_SIZERS = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*(?:\\(?=[{}])|\.)?")
+
+
 def safe_for_symbolic(s: str) -> bool:
     """False for inputs whose parsing/simplification could take unbounded time or memory."""
     if len(s) > _MAX_SYMBOLIC_CHARS or re.search(r"\d{40,}", s):
         return False
+    s = _SIZERS.sub("", s)  # "9^\\left(9^9\\right)" is the power of a power "9^(9^9)"
+    if re.search(r"\\(?:uparrow|Uparrow|underbrace|overbrace)|\^\s*\\", s):
+        return False  # Knuth arrows; exponents that are commands (\\frac, \\sqrt, \\infty, ...) are refused
     depth = best = 0
     for ch in s:
         if ch in "({[":
@@ -128,11 +145,9 @@ def _mv_parse(s: str):
     return tuple(parse(_as_latex(s), parsing_timeout=None))
 
 
-def symbolic_equal(pred: str, gold: str, timeout_s: float = 2.0) -> bool:
-    """math-verify equivalence of two short answers; False on refusal, error or timeout."""
-    if not (safe_for_symbolic(pred) and safe_for_symbolic(gold)):
-        return False
-    from math_verify import verify
+def _symbolic_in_process(pred: str, gold: str, timeout_s: float) -> bool:
+    """The fallback where no worker process can run: main thread bounded by setitimer, elsewhere by (a) alone."""
+    from math_verify import verify  # imported before the timer starts
 
     try:
         with _time_limit(timeout_s):
@@ -144,6 +159,19 @@ def symbolic_equal(pred: str, gold: str, timeout_s: float = 2.0) -> bool:
         return False
     except Exception:  # noqa: BLE001 - any parser/sympy failure means "not shown equal"
         return False
+
+
+def symbolic_equal(pred: str, gold: str, timeout_s: float = SYMBOLIC_TIMEOUT_S) -> bool:
+    """math-verify equivalence of two short answers; False on refusal, error, timeout or a spent budget.
+
+    Runs in a worker process killed after ``min(timeout_s, what the enclosing budgets have left)`` seconds."""
+    if not (safe_for_symbolic(pred) and safe_for_symbolic(gold)):
+        return False
+    t0 = time.monotonic()
+    B.warm_up(wait=True)  # only waits while no worker is ready (start-up, replacements after a kill)
+    waited = time.monotonic() - t0  # given back to this check, so a cold start does not fail it
+    timeout = min(float(timeout_s), B.remaining() + waited)
+    return B.symbolic_check(pred, gold, timeout, _symbolic_in_process)
 
 
 def _value_equal(pred: str, gold: str, rel_tol: float, timeout_s: float) -> bool:
@@ -173,7 +201,7 @@ def _value_equal(pred: str, gold: str, rel_tol: float, timeout_s: float) -> bool
 
 
 def gold_letter(
-    gold: str, choices: list[str] | None, rel_tol: float = 1e-4, timeout_s: float = 2.0
+    gold: str, choices: list[str] | None, rel_tol: float = 1e-4, timeout_s: float = SYMBOLIC_TIMEOUT_S
 ) -> str | None:
     """The gold option letter: the gold itself when it is a valid letter, else the choice whose text it is."""
     g = A.clean_answer(str(gold))
@@ -191,7 +219,7 @@ def gold_letter(
 
 
 def match_choice_text(
-    pred: str, choices: list[str], rel_tol: float = 1e-4, timeout_s: float = 2.0
+    pred: str, choices: list[str], rel_tol: float = 1e-4, timeout_s: float = SYMBOLIC_TIMEOUT_S
 ) -> list[str]:
     """Letters of the choices whose text `pred` gives (string match first, then value equality)."""
     norm = A.normalize_text(pred)
@@ -209,7 +237,8 @@ def verify_answer(
     choices: list[str] | None = None,
     *,
     rel_tol: float = 1e-4,
-    timeout_s: float = 2.0,
+    timeout_s: float = SYMBOLIC_TIMEOUT_S,
+    budget_s: float | None = ANSWER_BUDGET_S,
 ) -> bool:
     """True iff the answer `pred` (already extracted, e.g. an `<answer>` body) matches `gold`.
 
@@ -218,9 +247,11 @@ def verify_answer(
       gold: the gold answer: an option letter or the option's text for multiple choice, else a value/expression.
       choices: option texts in order A, B, C, ... (labels like "A." are stripped), or None for free-form.
       rel_tol: relative tolerance for numbers (plus rounding to the gold's decimals, see `quantities_match`).
-      timeout_s: wall-time bound on the symbolic check (per call to math-verify).
+      timeout_s: hard wall-time bound on one symbolic check (one call to math-verify, in a worker process).
+      budget_s: wall-time budget of this whole verification (all comparisons; default ``ANSWER_BUDGET_S``),
+        within any enclosing budget (a GRPO group's); None: only the enclosing ones.
     Returns:
-      bool. Several option letters for one gold option, empty or over-long predictions are False.
+      bool. Several option letters for one gold option, empty, NaN or over-long predictions are False.
     """
     if pred is None or gold is None:
         return False
@@ -229,6 +260,20 @@ def verify_answer(
         return False
     if len(pred) > _MAX_PRED_CHARS:
         return False
+    if _is_nan(pred) or _is_nan(gold):
+        return False  # "nan" == "nan" as strings, but a NaN is never an answer
+    with time_budget(budget_s):
+        return _verify(pred, gold, choices, rel_tol, timeout_s)
+
+
+_NAN_WORD = re.compile(r"[-+]?nan", re.IGNORECASE)
+
+
+def _is_nan(s: str) -> bool:
+    return bool(_NAN_WORD.fullmatch(A.clean_answer(s).replace(" ", ""))) or s.strip().lower() == "nan"
+
+
+def _verify(pred: str, gold: str, choices, rel_tol: float, timeout_s: float) -> bool:
     choices = A.clean_choices(choices)
     letter = gold_letter(gold, choices, rel_tol, timeout_s)
     if letter is not None:
@@ -250,12 +295,14 @@ def verify_answer(
 
 
 def extract_answer_block(completion: str) -> str | None:
-    """Content of the last `<answer>...</answer>` block, or None."""
-    blocks = _ANSWER_BLOCK.findall(completion or "")
-    return blocks[-1].strip() if blocks else None
+    """Content of the last `<answer>...</answer>` block, or None (linear time, same blocks as `re.findall`)."""
+    block = A.last_answer_block(completion or "")
+    return block.strip() if block is not None else None
 
 
-def accuracy_reward(completion: str, gold: str, choices: list[str] | None = None) -> float:
+def accuracy_reward(
+    completion: str, gold: str, choices: list[str] | None = None, *, budget_s: float | None = ANSWER_BUDGET_S
+) -> float:
     """1.0 if the last `<answer>` block of `completion` verifies against `gold`, else 0.0.
 
     A completion without an `<answer>` block scores 0 (open-r1-multimodal falls back to parsing the whole text;
@@ -266,4 +313,4 @@ def accuracy_reward(completion: str, gold: str, choices: list[str] | None = None
     if pred is None:
         return 0.0
     g = extract_answer_block(gold) if "<answer>" in str(gold) else gold
-    return 1.0 if verify_answer(pred, g or "", choices) else 0.0
+    return 1.0 if verify_answer(pred, g or "", choices, budget_s=budget_s) else 0.0

@@ -22,9 +22,28 @@ import numpy as np
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
 
+_SPACE = re.compile(r"\s*")
+
+
 def format_reward(completion: str) -> float:
-    """1.0 iff `completion.strip()` fully matches `<think>.*?</think>\\s*<answer>.*?</answer>` (DOTALL), else 0.0."""
-    return 1.0 if FORMAT_PATTERN.fullmatch((completion or "").strip()) else 0.0
+    """1.0 iff `completion.strip()` fully matches `<think>.*?</think>\\s*<answer>.*?</answer>` (DOTALL), else 0.0.
+
+    Decided in linear time (the regex backtracks quadratically on many `</think>` without a closing answer): the
+    text must start with `<think>` and end with `</answer>`, and some `</think>` (the first that works is the
+    best) must be followed by whitespace and an `<answer>` that ends before that final `</answer>`."""
+    s = (completion or "").strip()
+    if not (s.startswith("<think>") and s.endswith("</answer>")):
+        return 0.0
+    last = len(s) - len("</answer>")
+    pos = len("<think>")
+    while True:
+        i = s.find("</think>", pos)
+        if i < 0:
+            return 0.0
+        j = _SPACE.match(s, i + len("</think>")).end()
+        if s.startswith("<answer>", j):
+            return 1.0 if j + len("<answer>") <= last else 0.0
+        pos = i + 1
 
 
 def format_rewards(completions: list[str]) -> np.ndarray:
