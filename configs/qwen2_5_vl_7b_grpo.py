@@ -22,10 +22,10 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     # XLA attention: the Pallas kernels do not compile on a multi-chip mesh yet (not wrapped in shard_map;
     # `r1ov preflight` says so), "auto" would pick them on TPU
     cfg.model.attn_impl = "xla"
-    # No remat: the update sees 128 completions x (1024 + 256) tokens = 5120 tokens per chip on a v5p-64, and a
-    # remat'd model crashes in the sampler today (nnx.remat blocks inside the decode while_loop raise
-    # TraceContextError; see `r1ov preflight --stage grpo --config.model.remat=full`)
-    cfg.model.remat = False
+    # Full remat: without it the update needs 251 GiB of temporaries per v5p chip (`r1ov preflight`). A remat'd
+    # model does not compile in the sampler's decode while_loop yet (flax TraceContextError; the sampler must
+    # decode with remat off), so preflight and training of this config stop there until that is fixed.
+    cfg.model.remat = True
     cfg.mesh.data, cfg.mesh.fsdp = (
         1,
         -1,

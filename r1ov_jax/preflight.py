@@ -449,7 +449,7 @@ def _bytes_in(text: str, *labels: str) -> int:
     units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
              "MIB": 1 << 20, "G": GiB, "GB": GiB, "GIB": GiB, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}  # fmt: skip
     for label in labels:
-        m = re.search(label + r"\s*([0-9.]+)\s*([KMGT]?i?B?)\b", text, re.I)
+        m = re.search(label + r"\s*([0-9.]+)\s*([KMGT]?i?B?)(?![A-Za-z])", text, re.I)
         if m:
             return int(float(m.group(1)) * units.get(m.group(2).upper(), 1))
     return 0
@@ -480,7 +480,9 @@ def compile_phase(name: str, lower_fn, *, default_device=None) -> tuple[PhaseRep
         text = str(e)
         if not _OOM.search(text):
             raise
-        required = _bytes_in(text, r"[Uu]sed", r"requires", r"[Rr]equired", r"allocate")
+        required = _bytes_in(
+            text, r"required for [^(]*\(", r"[Uu]sed", r"requires", r"[Rr]equired", r"allocate"
+        )
         first = next((ln.strip() for ln in text.splitlines() if _OOM.search(ln)), text.splitlines()[0])
         return PhaseReport(name, False, required=required, compile_seconds=time.perf_counter() - t0,
                            note=first[:300]), None  # fmt: skip
@@ -785,7 +787,7 @@ def advice(report: dict) -> str:
         for r in phases:
             if not r.fits or r.total > hbm:
                 label = name if name == "sft" else f"grpo/{r.name}"
-                need = f"{r.total / GiB:.2f} GiB" if r.total else "more than"
+                need = f"at least {r.total / GiB:.2f} GiB" if r.required else f"{r.total / GiB:.2f} GiB"
                 worst.append(f"{label} needs {need} per chip")
     return (
         f"does not fit on {report['topology']}: {'; '.join(worst)}, {hbm / GiB:.2f} GiB available. Change "

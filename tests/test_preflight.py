@@ -69,6 +69,14 @@ def test_oom_is_one_error_line(capsys):
     assert "model.remat" in lines[0] and "mesh" in lines[0]
 
 
+def test_oom_message_bytes():
+    text = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (251.19G) "
+        "exceeds available HBM (95.74G)."
+    )
+    assert abs(preflight._bytes_in(text, r"required for [^(]*\(") / preflight.GiB - 251.19) < 1e-3
+
+
 def test_unbounded_prompt_shapes_warn():
     cfg = load_config("configs/tiny_cpu.py", ["pipeline.max_prompt_len=None"])
     geometry = preflight.model_config_for_target(cfg.model).vision.geometry()
