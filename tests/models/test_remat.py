@@ -37,3 +37,14 @@ def test_policies_give_the_same_gradients(policy):
 def test_unknown_policy_is_a_user_error():
     with pytest.raises(InvalidInputError, match="model.remat"):
         tiny(remat="sometimes")
+
+
+def test_sampler_runs_a_remat_model():
+    from r1ov_jax.rollout.sampler import SamplingConfig, generate
+
+    plain, rematted = (Qwen25VL(tiny(remat=p), rngs=nnx.Rngs(0)) for p in ("none", "full"))
+    inputs = plain.prepare_inputs(np.array([[5, 6, 7, 8]]))
+    cfg = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    np.testing.assert_array_equal(
+        generate(rematted, inputs, 0, cfg).tokens, generate(plain, inputs, 0, cfg).tokens
+    )

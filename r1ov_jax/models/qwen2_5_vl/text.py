@@ -169,7 +169,9 @@ class TextModel(nnx.Module):
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i], kv_segments, cache.index)
-            call = remat(type(layer).__call__, self.cfg.remat)
+            # remat only pays off for a backward pass; with a KV cache (prefill/decode, inside the sampler's
+            # while_loop, where nnx.remat cannot trace) the block runs as is
+            call = remat(type(layer).__call__, self.cfg.remat if cache is None else "none")
             x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
             x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
             hidden.append(x)
