@@ -5,6 +5,8 @@ import json
 
 import jax
 import jax.numpy as jnp
+import os
+
 import pytest
 from flax import nnx
 
@@ -111,8 +113,12 @@ def test_vision_flops_scale_with_chips():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("R1OV_PREFLIGHT_7B"),
+    reason="compiling the 7B step takes 11-25 min on 2 cores (over CI's budget); set R1OV_PREFLIGHT_7B=1",
+)
 def test_paper_7b_sft_fits_v5p64(tmp_path):
-    """configs/qwen2_5_vl_7b_sft.py as shipped fits a v5p-64 (a few minutes of compile on 2 cores)."""
+    """configs/qwen2_5_vl_7b_sft.py as shipped fits a v5p-64."""
     cfg = load_config("configs/qwen2_5_vl_7b_sft.py")
     report = preflight.run(cfg, "v5p-64", "sft")
     s = report["stages"]["sft"]
