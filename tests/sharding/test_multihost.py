@@ -20,39 +20,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_job(out_dir, steps, kill_at=0):
+def launch_two(script, *args, timeout=400) -> list[str]:
+    """Runs ``script args`` as processes 0 and 1 of a localhost jax.distributed job; returns their outputs."""
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(
-            os.environ,
-            R1OV_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            R1OV_NUM_PROCESSES="2",
-            R1OV_PROCESS_ID=str(pid),
-            JAX_PLATFORMS="cpu",
-            PYTHONPATH=ROOT,
-        )
+        env = dict(os.environ, R1OV_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", R1OV_NUM_PROCESSES="2",
+                   R1OV_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # fmt: skip
         env.pop("XLA_FLAGS", None)
+        cmd = [sys.executable, script, *map(str, args)]
         procs.append(
-            subprocess.Popen(
-                [sys.executable, WORKER, str(out_dir), str(steps), str(kill_at)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         )
     outs = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=400)
+            out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
         assert p.returncode == 0, out[-3000:]
-        outs.append(json.loads(out.split("RESULT ")[-1].splitlines()[0]))
+        outs.append(out)
     return outs
+
+
+def run_job(out_dir, steps, kill_at=0):
+    outs = launch_two(WORKER, out_dir, steps, kill_at)
+    return [json.loads(out.split("RESULT ")[-1].splitlines()[0]) for out in outs]
 
 
 def losses(run_dir):

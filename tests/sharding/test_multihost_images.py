@@ -3,39 +3,19 @@ process, some rows without images: SFT loss and gradients equal a 1-process 8-de
 the same global batch, on (8,1,1) and (2,2,2) meshes; a 2-process GRPO step (sampling, rewards, update) equals
 the 1-process step."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from r1ov_jax.sharding import make_mesh
 from tests.sharding import multihost_images as job
-from tests.sharding.test_multihost import ROOT, _free_port
+from tests.sharding.test_multihost import launch_two
 
 TOL = 1e-5
 
 
 def run_two_processes(mode, out, mesh):
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ, R1OV_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", R1OV_NUM_PROCESSES="2",
-                   R1OV_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # fmt: skip
-        env.pop("XLA_FLAGS", None)
-        cmd = [sys.executable, job.__file__, mode, str(out), *map(str, mesh)]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
-    for p in procs:
-        try:
-            log, _ = p.communicate(timeout=400)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0 and "RESULT ok" in log, log[-3000:]
+    for log in launch_two(job.__file__, mode, out, *mesh):
+        assert "RESULT ok" in log, log[-3000:]
     return dict(np.load(out))
 
 
