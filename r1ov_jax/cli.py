@@ -166,11 +166,19 @@ def cmd_generate(args, overrides):
     from r1ov_jax import runs
     from r1ov_jax.rollout.chat import RAW, answer_prompts
 
-    loaded = runs.load(args.model, require_tokenizer=True)
-    for p in args.image:
+    for p in args.image:  # before the model is loaded
+        if os.path.isdir(p):
+            raise InvalidInputError(f"--image {p} is a directory, expected an image file")
         if not os.path.isfile(p):
-            raise MissingInputError(f"image {p} does not exist or is not a file")
-    images = [open(p, "rb").read() for p in args.image]
+            raise MissingInputError(f"--image {p} does not exist or is not a file")
+    images = []
+    for p in args.image:
+        try:
+            with open(p, "rb") as f:
+                images.append(f.read())
+        except OSError as e:
+            raise InvalidInputError(f"--image {p}: cannot read ({e.strerror})") from None
+    loaded = runs.load(args.model, require_tokenizer=True)
     (text,) = answer_prompts(
         loaded.model, loaded.tokenizer, loaded.image_processor, [(images, args.prompt)],
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
@@ -207,9 +215,16 @@ def _train_command(kind):
         from r1ov_jax.config_utils import load_config
         from r1ov_jax.train import recipes
 
+        from r1ov_jax.config_utils import ConfigError
+        from r1ov_jax.train.loop import validate_train_config
+
         cfg = load_config(args.config, overrides)
+        stage = {"sft": "sft", "grpo": "rl"}[kind]
+        if stage not in cfg or "train" not in cfg[stage]:
+            raise ConfigError(f"{args.config}: no {stage}.train block")
+        validate_train_config(cfg[stage].train, f"{stage}.train")  # before anything is built
         if args.out:
-            cfg[{"sft": "sft", "grpo": "rl"}[kind]].train.out_dir = args.out
+            cfg[stage].train.out_dir = args.out
         print(cfg)
         result = recipes.run_stage(kind, cfg)
         print(json.dumps(result, indent=2, default=str))

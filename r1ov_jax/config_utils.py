@@ -27,7 +27,14 @@ def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
         raise ConfigError(f"{path}: failed to execute: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config()")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config()
+    except Exception as e:  # the user's file: its failure is a config error, named
+        raise ConfigError(f"{path}: get_config() raised {type(e).__name__}: {e}") from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{path}: get_config() returned {type(cfg).__name__}, expected an ml_collections.ConfigDict"
+        )
     for item in overrides:
         apply_override(cfg, item)
     return cfg

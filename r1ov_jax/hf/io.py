@@ -8,6 +8,7 @@ next is read. Export writes ``model-0000k-of-0000n.safetensors`` shards of at mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,6 +67,21 @@ def weight_files(path: str) -> list[str]:
     raise MissingInputError(f"{path}: no model.safetensors, model.safetensors.index.json or *.safetensors")
 
 
+@contextlib.contextmanager
+def _open_weights(file: str):
+    """``safe_open`` that turns a truncated/damaged/empty file into one InvalidInputError naming it."""
+    try:
+        handle = safe_open(file, framework="numpy")
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+        size = os.path.getsize(file) if os.path.exists(file) else 0
+        raise InvalidInputError(
+            f"{file} ({size} bytes) is not a readable safetensors file, damaged or truncated "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    with handle as f:
+        yield f
+
+
 def abstract_model(cfg: Qwen25VLConfig) -> Qwen25VL:
     """The model's structure with ShapeDtypeStructs instead of arrays (nothing allocated)."""
     return nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
@@ -118,7 +134,7 @@ def from_pretrained(
     for file in weight_files(path):
         # NumPy (bf16 via ml_dtypes): each device shard is cut straight from the host tensor, so no full-size
         # device copy exists next to it, and the host tensor is dropped before the next one is read.
-        with safe_open(file, framework="numpy") as f:
+        with _open_weights(file) as f:
             for name in f.keys():
                 mapped = hf_to_ours(name)
                 if mapped is None:
@@ -131,7 +147,14 @@ def from_pretrained(
                         unexpected.append(name)
                     continue
                 try:
-                    value = to_ours(f.get_tensor(name), kind, targets[ours].shape).astype(param_dtype)
+                    raw = f.get_tensor(name)
+                except Exception as e:  # noqa: BLE001 - SafetensorError & co: a damaged file, named
+                    raise InvalidInputError(
+                        f"{file}: tensor {name} cannot be read, the file is damaged or truncated "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    ) from None
+                try:
+                    value = to_ours(raw, kind, targets[ours].shape).astype(param_dtype)
                 except ValueError as e:
                     errors.append(f"{os.path.basename(file)}:{name}: {e}")
                     continue

@@ -202,13 +202,45 @@ class Qwen25VLConfig:
             raise MissingInputError(f"no config.json at {path}") from None
         except json.JSONDecodeError as e:
             raise InvalidInputError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise InvalidInputError(f"{path}: expected a JSON object, got {type(d).__name__}")
         if d.get("model_type") not in ("qwen2_5_vl", None):
             raise InvalidInputError(f"{path}: model_type {d.get('model_type')!r} is not qwen2_5_vl")
-        return cls.from_hf_dict(d, **runtime)
+        _check_field_types(d, path)
+        try:
+            return cls.from_hf_dict(d, **runtime)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{path}: {e}") from None
+        except (TypeError, ValueError, KeyError, ZeroDivisionError, AttributeError) as e:
+            raise InvalidInputError(
+                f"{path}: not a usable Qwen2.5-VL config ({type(e).__name__}: {e})"
+            ) from None
 
     def save_json(self, path: str, dtype: str = "float32") -> None:
         with open(path, "w") as f:
             json.dump(self.to_hf_dict(dtype), f, indent=2, sort_keys=True)
+
+
+def _check_field_types(d: dict, path: str) -> None:
+    """InvalidInputError naming the field when a config.json value has the wrong type (e.g. hidden_size "4k")."""
+    text = d.get("text_config") if isinstance(d.get("text_config"), dict) else d
+    vision = d.get("vision_config") if isinstance(d.get("vision_config"), dict) else {}
+    for prefix, block, cls in (("", text, TextConfig), ("vision_config.", vision, VisionConfig)):
+        if "text_config" in d and prefix == "":
+            prefix = "text_config."
+        for f in dataclasses.fields(cls):
+            if f.name not in block or block[f.name] is None:
+                continue
+            v, default = block[f.name], f.default
+            if isinstance(default, bool) or default is None:
+                continue
+            if isinstance(default, int) and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidInputError(f"{path}: {prefix}{f.name} must be a non-negative integer, got {v!r}")
+            if isinstance(default, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise InvalidInputError(f"{path}: {prefix}{f.name} must be a number, got {v!r}")
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if key in text and isinstance(text[key], int) and text[key] == 0:
+            raise InvalidInputError(f"{path}: {key} must be positive, got 0")
 
 
 # ---------------------------------------------------------------------- presets
