@@ -168,7 +168,7 @@ def score_samples(samples, item: dict, decode_fn, weights: dict, group: int) -> 
     texts = [decode_fn(tok[:n]) for tok, n in zip(tokens, lengths)]
     golds = [item["answers"][i] for i in prompt_index]
     choices = [item["choices"][i] for i in prompt_index]
-    rewards = compute_rewards(texts, golds, choices, weights)
+    rewards = compute_rewards(texts, golds, choices, weights, group_size=group)
     return {k: np.asarray(v, np.float32) for k, v in rewards.items()}
 
 
