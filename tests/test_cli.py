@@ -8,8 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
-from PIL import Image
 
 from r1ov_jax.cli import build_parser, main
 
@@ -37,24 +35,6 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "does not exist" in err and "unknown config field 'sft.train.stepz'" in err
-
-
-@pytest.fixture(scope="module")
-def tiny_hf_dir(tmp_path_factory):
-    from r1ov_jax import hf
-    from r1ov_jax.models.qwen2_5_vl import Qwen25VL
-    from r1ov_jax.processing import ImageProcessor
-    from r1ov_jax.processing.tokenizer import make_test_tokenizer
-    from r1ov_jax.runs import write_preprocessor_config
-    from r1ov_jax.train.builders import default_model_config, model_config
-
-    d = tmp_path_factory.mktemp("m")
-    tok = make_test_tokenizer(d / "tok")
-    model = Qwen25VL(model_config(default_model_config(), tok), rngs=nnx.Rngs(0))
-    hf.save_pretrained(model, str(d / "hf"), tokenizer=tok)
-    write_preprocessor_config(str(d / "hf"), ImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16))
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(d / "x.png")
-    return d
 
 
 def test_generate_import_export_round_trip(tiny_hf_dir, tmp_path, capsys):
