@@ -14,12 +14,22 @@ A query row with no visible key returns zeros (not NaN).
 
 ``impl`` selects the implementation: "xla" (portable einsum path, the reference semantics), "pallas"
 (kernels from ``r1ov_kernels``; interpret mode on CPU) or "auto" (Pallas on TPU/GPU, XLA on CPU).
+
+On a multi-device mesh (inside ``sharding.activation_sharding``) the kernels run under ``jax.shard_map``: XLA
+cannot partition a Mosaic/Triton custom call ("Mosaic kernels cannot be automatically partitioned"), and
+attention needs no communication once batch rows and heads are split, so each device calls the kernel on its
+own rows (batch over the rules' ``batch`` axes) and heads (``act_heads``, when it divides both the query and
+the kv heads: contiguous head blocks keep each GQA group on one device). A dimension the mesh does not divide
+stays whole on every device (correct, redundant work).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from r1ov_jax.sharding import rules as sharding_rules
 
 IMPLS = ("auto", "xla", "pallas")
 
@@ -129,22 +139,56 @@ def attention(
         kv_segment_ids = jnp.ones((b, tk), jnp.int32)
     impl = resolve_impl(impl)
     if impl == "pallas":
-        from r1ov_kernels import dispatch  # kernels are optional at import time of the library
-
-        return dispatch.attention(
-            q,
-            k,
-            v,
-            q_segment_ids=q_segment_ids,
-            kv_segment_ids=kv_segment_ids,
-            causal=causal,
-            q_positions=q_positions,
-            kv_positions=kv_positions,
-            scale=scale,
-            kv_heads_major=kv_heads_major,
-        )
+        return _kernel_attention(
+            q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+            causal=causal, scale=scale, kv_heads_major=kv_heads_major,
+        )  # fmt: skip
     if mask is None:
         mask = make_mask(
             q_segment_ids, kv_segment_ids, causal=causal, q_positions=q_positions, kv_positions=kv_positions
         )
     return xla_attention(q, k, v, mask, scale=scale, kv_heads_major=kv_heads_major)
+
+
+def _kernel_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, kv_heads_major):
+    from r1ov_kernels import dispatch  # kernels are optional at import time of the library
+
+    def call(q, k, v, q_seg, kv_seg, q_pos, kv_pos):
+        return dispatch.attention(
+            q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg, causal=causal, q_positions=q_pos,
+            kv_positions=kv_pos, scale=scale, kv_heads_major=kv_heads_major,
+        )  # fmt: skip
+
+    ctx = sharding_rules.current()
+    if ctx is None or ctx[0].size == 1:
+        return call(q, k, v, q_seg, kv_seg, q_pos, kv_pos)
+    mesh, rules = ctx
+    b, _, hq, _ = q.shape
+    hkv = k.shape[1] if kv_heads_major else k.shape[2]
+    (batch,) = sharding_rules.logical_to_spec(("batch",), rules, mesh, (b,))
+    (heads,) = sharding_rules.logical_to_spec(("act_heads",), rules, mesh, (hq,))
+    if heads is not None and hkv % _axes_size(mesh, heads):
+        heads = None  # kv heads not divisible: every device keeps all heads of its rows
+    q_spec = P(batch, None, heads, None)
+    kv_spec = P(batch, heads, None, None) if kv_heads_major else q_spec
+    row_spec = P(batch, None)
+    args = (q, k, v, q_seg, kv_seg, q_pos, kv_pos)
+    present = [i for i, a in enumerate(args) if a is not None]
+    specs = (q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec)
+
+    def local(*xs):
+        full = [None] * len(args)
+        for i, x in zip(present, xs):
+            full[i] = x
+        return call(*full)
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=tuple(specs[i] for i in present), out_specs=q_spec, check_vma=False
+    )(*(args[i] for i in present))
+
+
+def _axes_size(mesh, axes) -> int:
+    size = 1
+    for a in (axes,) if isinstance(axes, str) else axes:
+        size *= mesh.shape[a]
+    return size

@@ -103,6 +103,11 @@ def activation_sharding(mesh: Mesh, rules: dict):
         _CONTEXT.reset(token)
 
 
+def current() -> tuple[Mesh, dict] | None:
+    """The ``(mesh, rules)`` of the enclosing :func:`activation_sharding`, or None outside it."""
+    return _CONTEXT.get()
+
+
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
     """``with_sharding_constraint`` by logical names; a no-op outside :func:`activation_sharding`."""
     ctx = _CONTEXT.get()

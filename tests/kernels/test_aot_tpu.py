@@ -181,3 +181,48 @@ def test_tiny_model_forward_compiles_with_pallas_attention(tpu, tiny_model, kind
     hlo = compile_tpu(tpu, forward, state, specs)
     n_attn = cfg.text.num_hidden_layers + (cfg.vision.depth if kind == "image" else 0)
     assert_mosaic(hlo, n_attn)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A multi-chip mesh: GSPMD cannot partition a Mosaic call, so the model's attention runs the kernels under
+# shard_map (batch over data/fsdp, heads over tensor). Forward + SFT gradients of the tiny model, 4 chips.
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 1, 2), (1, 4, 1)])
+def test_tiny_model_sft_gradients_compile_with_pallas_on_a_4_chip_mesh(mesh_shape):
+    from r1ov_jax.preflight import abstract_model
+    from r1ov_jax.sharding import activation_sharding, make_mesh, rules_for
+    from r1ov_jax.sharding.mesh import batch_sharding
+    from r1ov_jax.train.sft import sft_loss
+
+    try:
+        topo = topologies.get_topology_desc(
+            platform="tpu", chips_per_host_bounds=(2, 2, 1), num_slices=1, **TOPOLOGIES["v5p"]
+        )
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"libtpu cannot build a deviceless v5p topology: {e}")
+    from r1ov_jax.models.qwen2_5_vl import tiny
+
+    mesh = make_mesh(*mesh_shape, devices=list(topo.devices))
+    with jax.default_device(topo.devices[0]):
+        model = abstract_model(tiny().replace(attn_impl="pallas"), mesh)
+        graphdef, state = nnx.split(model)
+        b, t = 8, 24
+
+        def sds(shape, dtype=jnp.int32):
+            return S(shape, dtype, sharding=batch_sharding(mesh, len(shape), 1 if len(shape) == 3 else 0))
+
+        batch = {
+            "input_ids": sds((b, t)),
+            "segment_ids": sds((b, t)),
+            "loss_mask": sds((b, t), jnp.bool_),
+            "positions": sds((3, b, t)),
+        }
+
+        def grads(state, batch):
+            return jax.grad(lambda s: sft_loss(nnx.merge(graphdef, s), batch)[0])(state)
+
+        with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+            hlo = jax.jit(grads).lower(state, batch).compile().as_text()
+    # forward + backward kernels of each text layer (the flash backward is one or two calls per layer)
+    assert hlo.count(MOSAIC) >= 2 * model.cfg.text.num_hidden_layers
