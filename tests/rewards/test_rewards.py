@@ -245,7 +245,7 @@ def test_compute_rewards_weights_and_shapes():
     r = compute_rewards(completions[:2], ["B", "B"], [CHOICES, None])
     assert set(r) == {"total", "format", "accuracy"}
     with pytest.raises(ValueError, match="unknown reward"):
-        compute_rewards(completions, ["3"] * 4, None, weights={"length": 1.0})
+        compute_rewards(completions, ["3"] * 4, None, weights={"lenght": 1.0})
     with pytest.raises(ValueError):
         compute_rewards(completions, ["3"], None)
 
