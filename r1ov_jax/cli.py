@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together")
     p.add_argument("--max-new-tokens", type=int, default=256, help="cap on a request's max_tokens")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=2048, help="longest prompt, image tokens included"
+    )
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a batch; more get 503")
+    p.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="per image (decoded); larger: 413")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="per image; larger: 413")
+    p.add_argument("--max-request-bytes", type=int, default=64 * 2**20, help="request body; larger: 413")
+    p.add_argument(
+        "--served-model-name", default=None, help="the model id clients send (default: folder name)"
+    )
 
     p = sub.add_parser("formalize", help="formalize your images with a teacher VLM and keep verified traces")
     p.add_argument("--input", required=True, help="image folder + JSONL, R1-Onevision parquet, or Bench TSV")
@@ -145,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoner", default=None, help="base URL of the reasoner (default: the teacher)")
     p.add_argument("--model", default=None, help="model name sent to the endpoints (default: their first)")
     p.add_argument("--concurrency", type=int, default=8, help="most requests in flight")
+    p.add_argument("--reasoner-model", default=None, help="model name for the reasoner (default: --model)")
+    p.add_argument(
+        "--image-type",
+        default=None,
+        help="skip detection: chart, diagram, geometry, scene, document, math, circuit, table or other",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt")
+    p.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts/connection errors")
+    p.add_argument("--retry-delay", type=float, default=0.5, help="first backoff ceiling in s (doubles)")
+    p.add_argument("--limit", type=int, default=None, help="formalize only the first N items")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
+    p.add_argument("--formal-max-tokens", type=int, default=1024, help="max_tokens of a description")
+    p.add_argument("--reason-max-tokens", type=int, default=2048, help="max_tokens of a reasoning trace")
+    p.add_argument("--cache", default=None, help="response cache directory (default OUT/cache)")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the bearer token"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 

@@ -67,6 +67,37 @@ def make_trace(rec: Record) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ teacher
+# What the paper's text-only reasoner sees: the formal description and the question (shared with `r1ov formalize`).
+REASONER_SYSTEM = (
+    "You are given a precise textual description of an image and a question about the image. "
+    "Reason step by step, then give a short final answer (a number, a word, or an option letter)."
+)
+
+
+def reasoner_prompt(formal: str, question: str) -> str:
+    """The reasoner's user turn; ``question`` as shown to a model (``Record.prompt_text``: stem + options)."""
+    return f"Description of the image:\n{formal}\n\nQuestion: {question}\n\n{FORMAT_SUFFIX}"
+
+
+def message_text(content) -> str:
+    """A chat message's content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, list):
+        return "".join(
+            p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return content if isinstance(content, str) else ""
+
+
+def message_trace(msg: dict) -> str:
+    """A response message as one trace: reasoning models that return ``reasoning_content`` (DeepSeek-R1 style)
+    get it wrapped in <think> tags in front of the content."""
+    content = message_text(msg.get("content")).strip()
+    thinking = message_text(msg.get("reasoning_content")).strip()
+    if thinking and "<think>" not in content:
+        content = f"<think>\n{thinking}\n</think>\n{content}"
+    return content
+
+
 @dataclasses.dataclass
 class Teacher:
     """An OpenAI-compatible chat endpoint (``POST {base_url}/chat/completions``) used as the text-only reasoner.
@@ -81,13 +112,10 @@ class Teacher:
     temperature: float = 0.0
     max_tokens: int = 2048
     timeout: float = 60.0
-    system_prompt: str = (
-        "You are given a precise textual description of an image and a question about the image. "
-        "Reason step by step, then give a short final answer (a number, a word, or an option letter)."
-    )
+    system_prompt: str = REASONER_SYSTEM
 
     def prompt(self, rec: Record) -> str:
-        return f"Description of the image:\n{rec.formal}\n\nQuestion: {rec.prompt_text()}\n\n{FORMAT_SUFFIX}"
+        return reasoner_prompt(rec.formal, rec.prompt_text())
 
     def complete(self, messages: list[dict]) -> dict:
         body = json.dumps(
@@ -117,15 +145,13 @@ class Teacher:
         )
         try:
             msg = out["choices"][0]["message"]
+            if not isinstance(msg, dict):
+                raise TypeError
         except (KeyError, IndexError, TypeError):
             raise RuntimeError(
                 f"teacher endpoint {self.base_url}: unexpected response {str(out)[:200]}"
             ) from None
-        content = (msg.get("content") or "").strip()
-        thinking = (msg.get("reasoning_content") or "").strip()
-        if thinking and "<think>" not in content:
-            content = f"<think>\n{thinking}\n</think>\n{content}"
-        return content
+        return message_trace(msg)
 
 
 def add_traces(records: list[Record], teacher: Teacher | None = None) -> tuple[list[Record], dict[str, int]]:

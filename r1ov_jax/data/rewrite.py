@@ -22,6 +22,8 @@ VISUAL_NOUN = {
     "circuit": "the circuit diagram",
     "document": "the document in the image",
     "function": "the graph",
+    "diagram": "the diagram",  # `r1ov formalize` image types beyond the generators'
+    "math": "the figure",
 }
 
 # Words that name the formal text rather than the image; "text" and "data" only as objects of these verbs/preps.
@@ -32,10 +34,8 @@ _ARTEFACT = (
 )
 _PREFIXED = re.compile(rf"\b(according to|based on|from|in|using|per) the {_ARTEFACT}\b", re.IGNORECASE)
 _BARE = re.compile(rf"\b(the|this) {_ARTEFACT}\b", re.IGNORECASE)
-_VERB = re.compile(
-    r"\b(the (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
-    r"(gives|lists|reads|says|states|contains|specifies|provides)\b"
-)
+_NOUNS = "|".join(sorted({re.escape(n[len("the ") :]) for n in VISUAL_NOUN.values()}, key=len, reverse=True))
+_VERB = re.compile(rf"\b([Tt]he (?:{_NOUNS})) (gives|lists|reads|says|states|contains|specifies|provides)\b")
 _LEAD = {"according to": "looking at", "based on": "looking at", "per": "as shown in", "using": "reading"}
 
 
@@ -55,14 +55,7 @@ def rewrite_text(text: str, kind: str | None = None) -> str:
 
     out = _PREFIXED.sub(prefixed, text)
     out = _BARE.sub(bare, out)
-    out = _VERB.sub(lambda m: f"{m.group(1)} shows", out)
-    out = re.sub(
-        r"\b(The (?:chart|figure|image|circuit diagram|graph|table in the image|document in the image)) "
-        r"(gives|lists|reads|says|states|contains|specifies|provides)\b",
-        lambda m: f"{m.group(1)} shows",
-        out,
-    )
-    return out
+    return _VERB.sub(lambda m: f"{m.group(1)} shows", out)
 
 
 def rewrite(rec: Record) -> Record:
