@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 from flax import nnx
 from PIL import Image
 
 
-def write_demo_hf_dir(out_dir: str, *, seed: int = 0) -> str:
-    """Writes ``out_dir/hf`` (weights, tokenizer, preprocessor config) and ``out_dir/x.png``; returns the HF path."""
+def write_demo_hf_dir(out_dir: str, *, seed: int = 0, weight_scale: float = 1.0) -> str:
+    """Writes ``out_dir/hf`` (weights, tokenizer, preprocessor config) and ``out_dir/x.png``; returns the HF path.
+
+    ``weight_scale`` multiplies every matrix (not norms or biases): at init scale the model repeats one token
+    whatever the prompt; at ~6 its greedy output depends on the prompt and image, which tests need.
+    """
     from r1ov_configs.tiny_cpu import get_config
 
     from r1ov_jax import hf
@@ -27,6 +32,13 @@ def write_demo_hf_dir(out_dir: str, *, seed: int = 0) -> str:
     cfg = get_config()
     tok = make_test_tokenizer(os.path.join(out_dir, "tok"))
     model = Qwen25VL(model_config(cfg.model, tok), rngs=nnx.Rngs(seed))
+    if weight_scale != 1.0:
+        params = nnx.state(model, nnx.Param)
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, x: x if x.ndim < 2 or "norm" in jax.tree_util.keystr(path) else x * weight_scale,
+            params,
+        )
+        nnx.update(model, scaled)
     hf_dir = os.path.join(out_dir, "hf")
     hf.save_pretrained(model, hf_dir, tokenizer=tok)
     p = cfg.pipeline
