@@ -35,8 +35,8 @@ from r1ov_jax.data.reasoning import REASONER_SYSTEM, message_text, message_trace
 from r1ov_jax.data.record import SHARD_PREFIX, WRITER_OPTIONS, Record, RecordError, shard_paths
 from r1ov_jax.data.rewrite import rewrite
 from r1ov_jax.data.teacher.cache import ResponseCache, request_key
-from r1ov_jax.data.teacher.client import ChatClient, EndpointError, RequestLimiter, RetryPolicy
-from r1ov_jax.data.teacher.inputs import iter_inputs
+from r1ov_jax.data.teacher.client import ChatClient, api_base, EndpointError, RequestLimiter, RetryPolicy
+from r1ov_jax.data.teacher.inputs import iter_inputs, resolve_input
 from r1ov_jax.data.teacher.prompts import FALLBACK_TYPE, detect_messages, formalize_messages, image_types
 from r1ov_jax.data.teacher.prompts import parse_type
 from r1ov_jax.errors import InvalidInputError
@@ -91,6 +91,9 @@ class FormalizeOptions:
         for ok, msg in checks:
             if not ok:
                 raise InvalidInputError(msg)
+        resolve_input(self.input)  # input and URLs before any request
+        for url in (self.teacher, self.reasoner or self.teacher):
+            api_base(url)
         return self
 
 

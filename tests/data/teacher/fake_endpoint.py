@@ -231,3 +231,28 @@ class FakeEndpoint:
                 pass
 
         return Handler
+
+
+def write_items(folder, items: list[dict]) -> str:
+    """A JSONL input folder: each item ``{w, h, question?, answer?, choices?, image?, raw?}`` becomes one row
+    (``raw``: a row written as given, for bad-input cases); images are solid PNGs of size w x h. Returns the folder."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for i, it in enumerate(items):
+        if "raw" in it:
+            lines.append(it["raw"])
+            continue
+        name = it.get("image", f"img{i:03d}.png")
+        if "w" in it:
+            color = np.full((it["h"], it["w"], 3), (37 * i) % 256, np.uint8)
+            Image.fromarray(color).save(os.path.join(folder, name))
+        row = {"image": name, "question": it.get("question", "How wide is the image in pixels?")}
+        row["answer"] = it.get("answer", str(it.get("w")))
+        if "choices" in it:
+            row["choices"] = it["choices"]
+        lines.append(json.dumps(row))
+    with open(os.path.join(folder, "items.jsonl"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(folder)
