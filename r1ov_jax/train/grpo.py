@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "GRPOOptions",
+    "check_config",
     "default_grpo_config",
     "group_advantages",
     "grpo_loss",
@@ -277,7 +278,7 @@ def _rollout(model, prompt_dev, item, key, sampling, decode_fn, terms, opts: GRP
     return samples, rewards, np.asarray(truncated, bool)
 
 
-def _train_batch(put, prompt, completions, lengths, sampler_logp, rewards_total, truncated, opts, n_prompts):
+def _train_batch(prompt, completions, lengths, sampler_logp, rewards_total, truncated, opts, n_prompts):
     comps = jnp.asarray(completions)
     comp_mask = jnp.arange(comps.shape[1])[None] < jnp.asarray(lengths)[:, None]
     loss_mask = comp_mask & ~jnp.asarray(truncated)[:, None] if opts.mask_truncated else comp_mask
@@ -286,6 +287,15 @@ def _train_batch(put, prompt, completions, lengths, sampler_logp, rewards_total,
 
 
 # --------------------------------------------------------------------------- training loop
+def check_config(cfg: ml_collections.ConfigDict, prompt_batch_size: int | None = None):
+    """(options, reward terms) of a stage view (``grpo``, ``rewards``, ``reward_fns``); ConfigError /
+    InvalidInputError naming the field or reward, before any model is built. User rewards are imported and
+    dry-run here."""
+    opts = resolve_options(cfg.grpo, prompt_batch_size)
+    weights, fns = reward_weights(cfg)
+    return opts, resolve_rewards(weights, fns)
+
+
 def run_grpo(
     model,
     ref_model,
@@ -308,9 +318,7 @@ def run_grpo(
     ``reward_fns`` (see `reward_weights`).
     """
     g, tc = cfg.grpo, cfg.train
-    opts = resolve_options(g)
-    weights, fns = reward_weights(cfg)
-    terms = resolve_rewards(weights, fns)  # imports and dry-runs user rewards: fail before any rollout
+    opts, terms = check_config(cfg)  # imports and dry-runs user rewards: fail before any rollout
     log.info("%s; rewards %s", describe(opts), {t.name: t.weight for t in terms})
     if opts.dynamic_sampling and jax.process_count() > 1:
         raise ConfigError(
@@ -381,7 +389,7 @@ def run_grpo(
                 batch = None
                 if kept is not None:
                     batch = _train_batch(
-                        put, put(kept.inputs), kept.tokens, kept.lengths, kept.logprobs, kept.rewards["total"],
+                        put(kept.inputs), kept.tokens, kept.lengths, kept.logprobs, kept.rewards["total"],
                         kept.truncated, opts, kept.num_prompts,
                     )  # fmt: skip
             else:
@@ -391,11 +399,10 @@ def run_grpo(
                     samples, rewards, truncated = _rollout(
                         model, prompt, item, key, sampling, decode_fn, terms, opts, eos_ids
                     )
-                seen = rewards
-                g_rewards = put(rewards)
+                g_rewards = seen = put(rewards)  # global arrays: the metrics average over every process
                 n_prompts = int(np.shape(item["inputs"]["input_ids"])[0]) * jax.process_count()
                 batch = _train_batch(
-                    put, prompt, samples.tokens, samples.lengths, samples.logprobs, g_rewards["total"],
+                    prompt, samples.tokens, samples.lengths, samples.logprobs, g_rewards["total"],
                     put({"t": truncated})["t"], opts, n_prompts,
                 )  # fmt: skip
                 ds = {"draws": 1, "groups_drawn": n_prompts, "groups_kept": n_prompts}
@@ -429,10 +436,10 @@ def run_grpo(
                 draws=float(ds["draws"]),
                 groups_drawn=float(ds["groups_drawn"]),
                 groups_kept=float(ds["groups_kept"]),
-                reward=float(np.mean(seen["total"])),
-                reward_std=float(np.std(seen["total"])),
-                format_rate=float(np.mean(seen["format"])) if "format" in seen else 0.0,
-                accuracy=float(np.mean(seen["accuracy"])) if "accuracy" in seen else 0.0,
+                reward=float(jnp.mean(seen["total"])),
+                reward_std=float(jnp.std(seen["total"])),
+                format_rate=float(jnp.mean(seen["format"])) if "format" in seen else 0.0,
+                accuracy=float(jnp.mean(seen["accuracy"])) if "accuracy" in seen else 0.0,
                 completion_len=float(jnp.mean(batch.comp_mask.sum(-1))) if batch is not None else 0.0,
                 rollout_s=t1 - t0,
                 ref_s=t2 - t1,
