@@ -6,7 +6,7 @@ Config layout (see ``configs/``)::
     pipeline                    r1ov_jax.data.pipeline config (pixels, seq_len, packing, prompts)
     tokenizer.path              HF folder / sentencepiece model; empty = the model's own (model.hf_path)
     model                       preset or hf_path, dtype, attention impl, remat
-    sft.optim / sft.train       SFT stage;   rl.optim / rl.train / rl.grpo / rl.init_from   GRPO stage
+    sft.optim / sft.train       SFT stage;   rl.optim / rl.train / rl.grpo / rl.rewards / rl.init_from   GRPO stage
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.C
     view = ml_collections.ConfigDict({"optim": s.optim, "train": s.train})
     if stage == "rl":
         view.grpo = s.grpo
+        view.rewards, view.reward_fns = s.get("rewards"), s.get("reward_fns")
     return view
 
 
@@ -132,6 +133,7 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
 
 def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
     out_dir = out_dir or cfg.rl.train.out_dir
+    grpo_lib.check_config(stage_config(cfg, "rl"), cfg.pipeline.prompt_batch_size)  # before anything is built
     mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
@@ -207,6 +209,8 @@ def base_config() -> ml_collections.ConfigDict:
             optim=default_optim_config(),
             train=default_train_config(),
             grpo=grpo_lib.default_grpo_config(),
+            rewards={"format": 1.0, "accuracy": 1.0},  # reward name -> weight (rewards.registry)
+            reward_fns={},  # reward name -> "module:function" for user rewards
             init_from="",
         )
     )
