@@ -166,8 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-delay", type=float, default=0.5, help="first backoff ceiling in s (doubles)")
     p.add_argument("--limit", type=int, default=None, help="formalize only the first N items")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
-    p.add_argument("--formal-max-tokens", type=int, default=1024, help="max_tokens of a description")
-    p.add_argument("--reason-max-tokens", type=int, default=2048, help="max_tokens of a reasoning trace")
+    p.add_argument(
+        "--formal-max-tokens",
+        type=int,
+        default=None,
+        help="max_tokens of a description (default: the server's)",
+    )
+    p.add_argument(
+        "--reason-max-tokens", type=int, default=None, help="max_tokens of a trace (default: the server's)"
+    )
     p.add_argument("--cache", default=None, help="response cache directory (default OUT/cache)")
     p.add_argument(
         "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the bearer token"

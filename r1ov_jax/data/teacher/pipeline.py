@@ -66,8 +66,8 @@ class FormalizeOptions:
     retry_delay: float = 0.5
     limit: int | None = None
     temperature: float = 0.0
-    formal_max_tokens: int = 1024
-    reason_max_tokens: int = 2048
+    formal_max_tokens: int | None = None  # None: the server's default (servers cap max_tokens differently)
+    reason_max_tokens: int | None = None
     cache_dir: str | None = None
     shard_size: int = 1024
     progress: bool = True
@@ -81,7 +81,10 @@ class FormalizeOptions:
             (self.retry_delay >= 0, f"--retry-delay must be >= 0, got {self.retry_delay}"),
             (self.limit is None or self.limit >= 0, f"--limit must be >= 0, got {self.limit}"),
             (self.temperature >= 0, f"--temperature must be >= 0, got {self.temperature}"),
-            (self.formal_max_tokens >= 1 and self.reason_max_tokens >= 1, "max tokens must be >= 1"),
+            (
+                all(m is None or m >= 1 for m in (self.formal_max_tokens, self.reason_max_tokens)),
+                "--formal-max-tokens / --reason-max-tokens must be >= 1",
+            ),
             (self.shard_size >= 1, f"shard size must be >= 1, got {self.shard_size}"),
             (
                 self.image_type is None or self.image_type in image_types(),
@@ -179,13 +182,10 @@ class Endpoint:
         )
         self._pending: dict[str, asyncio.Future] = {}
 
-    async def ask(self, messages: list[dict], max_tokens: int) -> Answer:
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": max_tokens,
-        }
+    async def ask(self, messages: list[dict], max_tokens: int | None) -> Answer:
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         if self.temperature > 0:
             body["seed"] = 0  # sampled answers reproducible where the server honours seeds
         key = request_key(body)
