@@ -123,14 +123,16 @@ class ChatClient:
             async with self.limiter._sem:  # held for the attempt only, never while backing off
                 self.limiter.sent += 1
                 try:
-                    resp = await self.http.request(
-                        method,
-                        url,
-                        content=None if body is None else json.dumps(body).encode(),
-                        headers=self.headers,
-                        timeout=self.policy.timeout,
-                    )
-                except httpx.TimeoutException:
+                    # httpx's timeout bounds each read; asyncio's bounds the whole attempt (a trickling server)
+                    async with asyncio.timeout(self.policy.timeout):
+                        resp = await self.http.request(
+                            method,
+                            url,
+                            content=None if body is None else json.dumps(body).encode(),
+                            headers=self.headers,
+                            timeout=self.policy.timeout,
+                        )
+                except (httpx.TimeoutException, TimeoutError):
                     last = EndpointError("timeout", f"{url}: no response within {self.policy.timeout:g} s")
                 except httpx.TransportError as e:
                     last = EndpointError("connection", f"{url}: {type(e).__name__}: {e}")

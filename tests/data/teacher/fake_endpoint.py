@@ -12,7 +12,7 @@ Faults for the tests, chosen per request:
     ``"flaky"`` (the first ``flaky_failures`` attempts of each distinct request get 429 then 500, then a good
     answer), ``"noanswer"`` (reasoning without an <answer> block);
   * ``delay_s``: every answer takes this long (so requests overlap and the in-flight maximum means something);
-  * ``hold_after``: once that many requests were answered, later ones wait until ``release()``; with
+  * ``hold_after``: once that many requests were let through, later ones wait until ``release()``; with
     ``drop_held`` they are then dropped unanswered (the client was killed meanwhile).
 
 Counts: ``received`` / ``answered`` (sha256 of each request body, in order), ``max_in_flight``, ``attempts``.
@@ -85,6 +85,7 @@ class FakeEndpoint:
         self.answered: list[str] = []
         self.attempts: dict[str, int] = {}
         self.dropped = 0
+        self._admitted = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -113,6 +114,7 @@ class FakeEndpoint:
             self.received.clear()
             self.answered.clear()
             self.max_in_flight = 0
+            self._admitted = 0
 
     # ------------------------------------------------------------------------------------------------ answering
     def _fault(self, body: dict) -> str | None:
@@ -145,7 +147,9 @@ class FakeEndpoint:
             self.received.append(key)
             self.attempts[key] = self.attempts.get(key, 0) + 1
             attempt = self.attempts[key]
-            hold = self.hold_after is not None and len(self.answered) >= self.hold_after
+            # decided on arrival, so no more than hold_after requests are ever let through
+            hold = self.hold_after is not None and self._admitted >= self.hold_after
+            self._admitted += not hold
         if hold:
             self._release.wait()
             if self.drop_held:

@@ -263,3 +263,48 @@ def test_records_feed_the_sft_pipeline(tmp_path):
     ids = [int(t) for t, m in zip(batch["input_ids"][0], batch["loss_mask"][0]) if m]
     text = tok.decode(ids)
     assert "<answer>30</answer>" in text and "The chart shows" in text
+
+
+def _png_b64(w, h):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (9, 99, 199)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_parquet_and_bench_tsv_inputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conv = lambda q, a: [
+        {"from": "human", "value": f"<image>\n{q}"},
+        {"from": "gpt", "value": f"<think>x</think>\n\n{a}"},
+    ]  # noqa: E731
+    table = pa.table({
+        "id": ["p1", "p2", "p3"],
+        "image": [_png_b64(33, 20), "not base64!", _png_b64(35, 20)],
+        "conversations": [conv("How wide is the image in pixels?", "33"), conv("q", "1"), conv("How wide is it?", "35")],
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "r1ov.parquet")
+    tsv = ["index\tquestion\tchoices\tanswer\tlevel\tcategory\timage"]
+    tsv += [f"0\tHow wide is the image in pixels?\t['12', '36']\tB\tCollege\tMath\t{_png_b64(36, 20)}"]
+    tsv += ["1\tHow wide is the image in pixels?\t\t\tCollege\tMath\t" + _png_b64(37, 20)]  # no gold answer
+    tsv += ["2\tHow wide is the image in pixels?\t\t37\tCollege\tMath\t0"]  # VLMEvalKit: row 0's image
+    (tmp_path / "bench.tsv").write_text("\n".join(tsv) + "\n")
+    with FakeEndpoint() as fake:
+        par = _run(fake, str(tmp_path / "r1ov.parquet"), tmp_path / "po")
+        ben = _run(fake, str(tmp_path / "bench.tsv"), tmp_path / "bo")
+    assert (par["rows"], par["read"], par["kept"], par["rows_skipped"]) == (3, 2, 2, {"bad_base64": 1})
+    assert [r.id for r in read_records(str(tmp_path / "po"))] == [
+        "p1",
+        "p3",
+    ]  # the dataset's response is replaced
+    assert all(r.trace.startswith("<think>\nThe chart shows") for r in read_records(str(tmp_path / "po")))
+    assert (ben["rows"], ben["read"], ben["rows_skipped"]) == (3, 2, {"empty_answer": 1})
+    assert ben["kept"] == 1 and ben["failed"] == {"wrong_answer": 1}  # row 2 shows row 0's 36 px image
+    (rec,) = read_records(str(tmp_path / "bo"))
+    assert rec.choices == ["12", "36"] and rec.meta["level"] == "College" and rec.meta["category"] == "Math"
