@@ -2,14 +2,23 @@
 
 synthesize formalization data (exact ground truth) → train a sentencepiece tokenizer on it → SFT a tiny
 Qwen2.5-VL from scratch on the reasoning traces → GRPO from the SFT checkpoint with format + accuracy rewards
-→ evaluate both on held-out generated items → export the GRPO model to an HF folder → plots + summary.json.
+→ the fair baseline: the SFT run continued (same optimizer state and data stream) for about GRPO's wall time →
+evaluate all three on held-out generated items (per type) → paired tests (GRPO vs SFT-continued, GRPO vs SFT)
+→ export the GRPO model to an HF folder → plots + summary.json.
+
+SFT-continued runs ``demo.sft_continued_ratio`` × ``rl.train.steps`` more SFT steps (the ratio of a GRPO step's
+time to an SFT step's, measured on this machine, so the run stays deterministic); the summary reports both wall
+times. ``sft_continued_ratio = None`` matches the GRPO wall time measured in this run instead (not
+deterministic).
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
+import shutil
 import time
 
 import ml_collections
@@ -85,7 +94,10 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
     acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
     fmt = sum(format_reward(r["output"]) for r in recs) / max(len(recs), 1)
     # held-out reward with the training weights (format + accuracy), comparable between SFT and GRPO
-    w = cfg.rl.grpo.reward_weights
+    w = dict(cfg.rl.grpo.reward_weights or cfg.rl.rewards)
+    per_type = collections.defaultdict(list)  # by formalization type (the generator; ids are "<type>-<seed>")
+    for r in recs:
+        per_type[str(r["id"]).rsplit("-", 1)[0]].append(bool(r["correct"]))
     return {
         "accuracy": acc,
         "format_rate": fmt,
@@ -93,6 +105,7 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
         "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
         "n": len(recs),
         "ci95": summary["overall"].get("ci95"),
+        "per_type": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per_type.items())},
     }
 
 
@@ -135,6 +148,7 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     timings["tokenizer_s"] = time.perf_counter() - t0 - timings["synth_s"]
 
     sft_dir, grpo_dir = os.path.join(out, "sft"), os.path.join(out, "grpo")
+    sftc_dir = os.path.join(out, "sft_continued")
     t = time.perf_counter()
     recipes.run_sft_stage(cfg, sft_dir, progress=progress)
     timings["sft_s"] = time.perf_counter() - t
@@ -143,9 +157,27 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     recipes.run_grpo_stage(cfg, grpo_dir, progress=progress)
     timings["grpo_s"] = time.perf_counter() - t
 
+    # The fair baseline: the same SFT run resumed from its last checkpoint (optimizer state, data position) for
+    # about the wall time GRPO took. Its cosine schedule spans the longer run, so the rate rises again briefly.
+    sft_steps = int(cfg.sft.train.steps)
+    ratio = d.get("sft_continued_ratio")
+    if ratio is None:
+        extra = math.ceil(timings["grpo_s"] / (timings["sft_s"] / sft_steps))
+    else:
+        extra = max(1, round(float(ratio) * int(cfg.rl.train.steps)))
+    if os.path.isdir(sftc_dir):
+        shutil.rmtree(sftc_dir)
+    shutil.copytree(sft_dir, sftc_dir)
+    cfg.sft.train.steps = sft_steps + extra
     t = time.perf_counter()
-    sft_scores = _eval(sft_dir, data["heldout"], os.path.join(out, "eval", "sft"), cfg)
-    grpo_scores = _eval(grpo_dir, data["heldout"], os.path.join(out, "eval", "grpo"), cfg)
+    recipes.run_sft_stage(cfg, sftc_dir, progress=progress)
+    timings["sft_continued_s"] = time.perf_counter() - t
+    cfg.sft.train.steps = sft_steps
+
+    t = time.perf_counter()
+    eval_dirs = {k: os.path.join(out, "eval", k) for k in ("sft", "sft_continued", "grpo")}
+    run_dirs = {"sft": sft_dir, "sft_continued": sftc_dir, "grpo": grpo_dir}
+    scores = {k: _eval(run_dirs[k], data["heldout"], eval_dirs[k], cfg) for k in eval_dirs}
     timings["eval_s"] = time.perf_counter() - t
 
     grpo = runs.load(grpo_dir)
@@ -159,27 +191,60 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
         ),
         plot_metrics(
             runs.metrics_path(grpo_dir),
-            ["grpo/reward", "grpo/format_rate", "grpo/accuracy", "grpo/kl", "grpo/completion_len"],
+            [
+                "grpo/reward",
+                "grpo/format_rate",
+                "grpo/accuracy",
+                "grpo/kl",
+                "grpo/groups_kept",
+                "grpo/completion_len",
+            ],
             os.path.join(out, "grpo_curves.png"),
             "GRPO",
         ),
     ]
-    grpo_rewards = _last_mean(runs.metrics_path(grpo_dir), "grpo/reward")
+    rewards = _series(runs.metrics_path(grpo_dir), "grpo/reward")
+    first10, last10 = _mean(rewards[:10]), _mean(rewards[-10:])
     summary = {
         **chance_baselines(data["train"], data["heldout"]),
-        "sft": sft_scores,
-        "grpo": {**grpo_scores, "train_reward_last5": grpo_rewards},
+        "sft": {**scores["sft"], "eval_loss_last2": _series(runs.metrics_path(sft_dir), "eval/loss")[-2:]},
+        "sft_continued": {**scores["sft_continued"], "extra_steps": extra,
+                          "eval_loss_last2": _series(runs.metrics_path(sftc_dir), "eval/loss")[-2:]},
+        "grpo": {**scores["grpo"], "preset": cfg.rl.grpo.preset, "train_reward_first10": first10,
+                 "train_reward_last10": last10,
+                 "train_reward_rise": None if first10 is None else last10 - first10,
+                 "train_reward_last5": _mean(rewards[-5:])},
+        "grpo_vs_sft_continued": _paired(eval_dirs["sft_continued"], eval_dirs["grpo"]),
+        "grpo_vs_sft": _paired(eval_dirs["sft"], eval_dirs["grpo"]),
+        "eval_dirs": eval_dirs,
         "minutes": (time.perf_counter() - t0) / 60,
         "timings_s": timings,
         "plots": [p for p in plots if p],
         "hf_export": os.path.join(out, "hf"),
-    }
+    }  # fmt: skip
     save_json_atomic(os.path.join(out, "summary.json"), summary)
     return summary
 
 
-def _last_mean(path: str, key: str, k: int = 5) -> float | None:
+def _paired(baseline_dir: str, treated_dir: str) -> dict:
+    """Treated − baseline on the same items: accuracy gain, paired bootstrap CI, exact McNemar p, flips."""
+    from r1ov_jax.eval.stats import compare
+
+    c = compare(baseline_dir, treated_dir)
+    return {
+        "gain": c["diff"],
+        "ci95": list(c["ci"]),
+        "p_value": c["p_mcnemar"],
+        "flips": {"wrong_to_right": c["a_wrong_b_right"], "right_to_wrong": c["a_right_b_wrong"]},
+        "n": c["n_common"],
+    }
+
+
+def _series(path: str, key: str) -> list[float]:
     from r1ov_jax.train.metrics import read_jsonl
 
-    vals = [r[key] for r in read_jsonl(path) if key in r] if os.path.exists(path) else []
-    return sum(vals[-k:]) / len(vals[-k:]) if vals else None
+    return [r[key] for r in read_jsonl(path) if key in r] if os.path.exists(path) else []
+
+
+def _mean(vals) -> float | None:
+    return sum(vals) / len(vals) if vals else None
