@@ -201,7 +201,10 @@ class Endpoint:
             try:
                 resp = await self.client.chat(body)
                 self.cache.put(key, resp)  # before it is used: a kill after this point never re-asks
-            except BaseException as e:
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as e:
                 fut.set_exception(e)
                 fut.exception()  # mark retrieved: nobody else may be waiting
                 raise
@@ -420,6 +423,8 @@ async def _run(opts: FormalizeOptions, tally: Tally, report: ImportReport) -> li
                 tg.create_task(produce())
                 for _ in range(n_workers):
                     tg.create_task(work())
+        except ExceptionGroup as group:  # e.g. a UserError from the reader: the CLI prints it as one line
+            raise group.exceptions[0] from None
         finally:
             if bar is not None:
                 bar.close()

@@ -190,6 +190,15 @@ def test_cli_flags_and_input_errors(tmp_path, capsys):
     assert main([*base, "--input", inp, "--image-type", "painting"]) == 2
     assert "--image-type 'painting'" in capsys.readouterr().err
     assert main([*base, "--input", inp, "--concurrency", "0"]) == 2
+    assert "--concurrency must be >= 1" in capsys.readouterr().err
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["1"], "picture": ["x"]}), tmp_path / "x.parquet")
+    with FakeEndpoint() as fake:  # found by the reader, inside the running pipeline
+        assert main([*base[:4], fake.url, "--no-progress", "--input", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks column(s) ['conversations', 'image']" in err and len(err.strip().splitlines()) == 1
     assert main([*base, "--input", inp, "--teacher", "127.0.0.1:8000"]) == 2
     assert "expected an http(s) URL" in capsys.readouterr().err
     with FakeEndpoint() as fake:  # --image-type skips detection: two requests per item

@@ -2,9 +2,9 @@
 
 A random model never writes <answer> tags, so the fast test checks that the pipeline talks to the server and
 counts ``no_answer``, and that the server's own metrics match the report and see no request of a rerun. The slow
-test (R1OV_SLOW=1, a few minutes on 2 cores) first trains a tiny model with `r1ov sft` on formalize records (from
-the fake endpoint, every gold answer 56) until it answers every prompt in the required format with 56, serves it,
-and checks kept records, SIGKILL + restart against the server's request counts, and `r1ov sft` on the result.
+test (R1OV_SLOW=1, a few minutes on 2 cores) first trains a tiny model with `r1ov sft` until it answers image
+prompts and text-only prompts in the required format with 56, serves it, and checks kept records (gold 56), a
+wrong gold counted, SIGKILL + restart against the server's request counts, and `r1ov sft` on the result.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from r1ov_jax.cli import main
 from r1ov_jax.data.record import shard_paths
 from r1ov_jax.data.teacher.pipeline import FormalizeOptions, formalize
-from tests.data.teacher.fake_endpoint import FakeEndpoint, write_items
+from tests.data.teacher.fake_endpoint import write_items
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 ENV = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
@@ -113,17 +113,50 @@ def _train(data_dir, tok_dir, run_dir, steps):
     return [x["train/loss"] for x in logged if "train/loss" in x]
 
 
+FIXED_TRACE = "<think>\nThe image shows the number 56.\n</think>\n<answer>56</answer>"
+
+
+def _write_overfit_set(out_dir: str, n: int = 48) -> None:
+    import io
+
+    import numpy as np
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from PIL import Image
+
+    from r1ov_jax.data.reasoning import reasoner_prompt
+    from r1ov_jax.data.record import SHARD_PREFIX, WRITER_OPTIONS, Record
+    from r1ov_jax.data.teacher.prompts import IMAGE_TYPES
+
+    rng = np.random.default_rng(0)
+    words = "what which how many image chart number show value item describe kind table".split()
+    os.makedirs(out_dir, exist_ok=True)
+    w = ArrayRecordWriter(os.path.join(out_dir, f"{SHARD_PREFIX}-00000-of-00001"), WRITER_OPTIONS)
+    for i in range(n):
+        q = " ".join(rng.choice(words, size=int(rng.integers(3, 9)))) + f" {i}?"
+        if i % 2:  # what the teacher is sent: an image and an instruction
+            q = [q, *(instr for _, instr in IMAGE_TYPES.values())][i % (len(IMAGE_TYPES) + 1)]
+            buf = io.BytesIO()
+            size = (int(rng.integers(30, 90)), int(rng.integers(30, 90)))
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+            images = [buf.getvalue()]
+        else:  # what the reasoner is sent: a description and the question, no image
+            desc = ["<answer>56</answer>", f"Image size: {i} x {2 * i} pixels.", q][i % 3]
+            q, images = reasoner_prompt(desc, q), []
+        rec = Record(id=f"o{i}", images=images, formal="", question=q, answer="56", trace=FIXED_TRACE)
+        w.write(rec.to_bytes())
+    w.close()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("R1OV_SLOW"), reason="a few minutes on CPU: set R1OV_SLOW=1")
 def test_formalize_end_to_end_against_r1ov_serve_with_sigkill_resume(tmp_path):
     from r1ov_jax.processing.tokenizer import make_test_tokenizer
 
-    # 1. A model that answers in the required format: overfit on formalize output whose gold is always 56.
-    train_in = write_items(tmp_path / "train_in", [{"w": 56, "h": 28 + 3 * i} for i in range(16)])
-    with FakeEndpoint() as fake:
-        assert formalize(_opts(train_in, tmp_path / "train", fake.url))["kept"] == 16
+    # 1. A model that answers every prompt in the required format with 56: overfit on image prompts (like the
+    #    teacher's) and text-only prompts built by the reasoner's prompt builder (like the reasoner's).
     make_test_tokenizer(tmp_path / "tok")
-    losses = _train(tmp_path / "train", tmp_path / "tok", tmp_path / "run", steps=60)
+    _write_overfit_set(str(tmp_path / "train"))
+    losses = _train(tmp_path / "train", tmp_path / "tok", tmp_path / "run", steps=100)
     assert losses[-1] < 0.1 * losses[0]
 
     items = [
