@@ -133,7 +133,8 @@ def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, pr
 
 def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
     out_dir = out_dir or cfg.rl.train.out_dir
-    grpo_lib.check_config(stage_config(cfg, "rl"), cfg.pipeline.prompt_batch_size)  # before anything is built
+    # options and rewards checked (user rewards imported and dry-run) before anything is built
+    opts, _ = grpo_lib.check_config(stage_config(cfg, "rl"), cfg.pipeline.prompt_batch_size)
     mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
@@ -151,7 +152,7 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
         out_dir, model, tok, image_processor(cfg.pipeline, geometry), stage="grpo",
         base=cfg.rl.init_from or cfg.model.hf_path or None, prompt_format=prompt_format(cfg.pipeline, "prompt"),
     )  # fmt: skip
-    ref = nnx.clone(model)  # frozen SFT policy for the KL term
+    ref = nnx.clone(model) if opts.needs_reference else None  # frozen SFT policy for the KL term (β > 0)
     prompts = grpo_dataset(
         data_paths(cfg.data.rl or cfg.data.train),
         tok,
