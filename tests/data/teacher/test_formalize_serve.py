@@ -212,6 +212,7 @@ def test_formalize_end_to_end_against_r1ov_serve_with_sigkill_resume(tmp_path):
         done = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         second = _answered(url) - start
+    print(f"server answered: uninterrupted {unique}; killed run {first} ({cached} cached); restart {second}")
     assert second == unique - cached  # nothing the killed run had received was asked again
     assert first - cached in (0, 1)  # at --concurrency 1, at most the one request the kill cut off
     assert _shard_bytes(out) == _shard_bytes(tmp_path / "ref")
