@@ -1,0 +1,37 @@
+"""The demo's paired comparison (GRPO vs SFT-continued): gain, exact McNemar p and flips from per-item results."""
+
+import json
+import math
+
+import pytest
+
+from r1ov_jax import demo
+
+
+def _write(directory, correct):
+    directory.mkdir()
+    with open(directory / "results.jsonl", "w") as f:
+        for i, c in enumerate(correct):
+            f.write(json.dumps({"id": f"scene-{i}", "correct": bool(c)}) + "\n")
+
+
+def test_paired_comparison_counts_flips_and_exact_mcnemar(tmp_path):
+    base = [1, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    treated = [0, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # 1 right -> wrong, 6 wrong -> right
+    _write(tmp_path / "a", base)
+    _write(tmp_path / "b", treated)
+    out = demo._paired(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert out["flips"] == {"wrong_to_right": 6, "right_to_wrong": 1} and out["n"] == 10
+    assert out["gain"] == pytest.approx(0.5)
+    # two-sided exact binomial test of 1 vs 6 discordant pairs
+    assert out["p_value"] == pytest.approx(2 * (math.comb(7, 0) + math.comb(7, 1)) / 2**7)
+    lo, hi = out["ci95"]
+    assert lo <= 0.5 <= hi
+
+
+def test_series_helpers(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps({"step": s, "grpo/reward": float(s)}) for s in range(1, 21)) + "\n")
+    r = demo._series(str(path), "grpo/reward")
+    assert demo._mean(r[:10]) == pytest.approx(5.5) and demo._mean(r[-10:]) == pytest.approx(15.5)
+    assert demo._series(str(tmp_path / "missing.jsonl"), "x") == [] and demo._mean([]) is None
