@@ -472,9 +472,9 @@ def compile_phase(name: str, lower_fn, *, default_device=None) -> tuple[PhaseRep
         if "cannot be automatically partitioned" not in str(e):
             raise
         raise InvalidInputError(
-            f"{name}: attn_impl=pallas does not compile on a multi-chip mesh: the Mosaic attention kernels are "
-            "not wrapped in shard_map (r1ov_jax/layers/attention.py), so XLA cannot partition them; use "
-            "--config.model.attn_impl=xla"
+            f"{name}: a Pallas kernel was called outside shard_map on a multi-chip mesh (XLA cannot partition "
+            "it); the model's attention wraps its kernels only inside sharding.activation_sharding — this is a "
+            "bug, please report it; --config.model.attn_impl=xla avoids the kernels"
         ) from None
     except Exception as e:  # noqa: BLE001 - only out-of-memory is a result; anything else is re-raised
         text = str(e)
