@@ -147,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--served-model-name", default=None, help="the model id clients send (default: folder name)"
     )
+    p.add_argument(
+        "--batch-buckets",
+        default=None,
+        help="padded batch sizes, e.g. 8 or 1,4,16 (default: powers of two up to --max-batch; each compiles)",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=50.0,
+        help="a forming batch waits at most this long for requests still being prepared (0: never)",
+    )
 
     p = sub.add_parser("formalize", help="formalize your images with a teacher VLM and keep verified traces")
     p.add_argument("--input", required=True, help="image folder + JSONL, R1-Onevision parquet, or Bench TSV")

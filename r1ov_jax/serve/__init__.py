@@ -56,6 +56,15 @@ def _server_class():
     return GracefulServer
 
 
+def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
 def serve_cli(args) -> int:
     import uvicorn
 
@@ -66,6 +75,8 @@ def serve_cli(args) -> int:
     limits = Limits(
         max_batch=args.max_batch, max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels, max_queue=args.max_queue,
+        batch_buckets=_int_list(args.batch_buckets, "--batch-buckets"),
+        batch_window_s=args.batch_window_ms / 1e3,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, name = build_app(

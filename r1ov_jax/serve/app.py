@@ -61,8 +61,9 @@ def create_app(engine: Engine, model_name: str, *, max_request_bytes: int) -> Fa
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["batcher"] = Batcher(
-            engine.run_batch, max_rows=engine.limits.max_batch, max_queue=engine.limits.max_queue
-        )
+            engine.run_batch, max_rows=engine.limits.max_batch, max_queue=engine.limits.max_queue,
+            window_s=engine.limits.batch_window_s,
+        )  # fmt: skip
         try:
             yield
         finally:  # uvicorn has finished the in-flight requests; the queue is empty unless they were cancelled
@@ -97,16 +98,20 @@ def create_app(engine: Engine, model_name: str, *, max_request_bytes: int) -> Fa
     @app.get("/metrics")
     async def get_metrics():
         batcher = state.get("batcher")
-        return metrics.snapshot(queue_depth=batcher.depth if batcher else 0)
+        snapshot = metrics.snapshot(queue_depth=batcher.depth if batcher else 0)
+        snapshot["preparing"] = batcher.preparing if batcher else 0
+        return snapshot
 
     async def complete(req: ChatRequest):
-        prepared = await run_in_threadpool(engine.prepare, req)
-        try:
-            future = state["batcher"].submit(prepared.n, prepared)
-        except QueueFull as e:
-            raise ApiError(503, f"server overloaded: {e}; retry later", "queue_full") from None
-        except Closed as e:
-            raise ApiError(503, str(e), "shutting_down") from None
+        batcher: Batcher = state["batcher"]
+        with batcher.incoming():
+            prepared = await run_in_threadpool(engine.prepare, req)
+            try:
+                future = batcher.submit(prepared.n, prepared)
+            except QueueFull as e:
+                raise ApiError(503, f"server overloaded: {e}; retry later", "queue_full") from None
+            except Closed as e:
+                raise ApiError(503, str(e), "shutting_down") from None
         sampled = await asyncio.wrap_future(future)
         return prepared, engine.finish(prepared, sampled)
 

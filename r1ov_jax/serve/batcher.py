@@ -1,7 +1,8 @@
 """A bounded request queue drained by one background thread that joins requests into sampler batches.
 
 Requests that arrive while a batch decodes wait in the queue; the next batch takes as many as fit in
-``max_rows`` (a request with ``n`` choices takes ``n`` rows), in arrival order. One thread owns the model, so
+``max_rows`` (a request with ``n`` choices takes ``n`` rows), in arrival order (waiting a few ms for requests
+still being prepared). One thread owns the model, so
 JAX sees one call at a time. A batch that raises is retried request by request, so only the request that fails
 gets the error. :meth:`Batcher.close` stops accepting, finishes everything queued, then joins the thread.
 """
@@ -9,6 +10,7 @@ gets the error. :meth:`Batcher.close` stops accepting, finishes everything queue
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -37,15 +39,29 @@ class Job:
 
 
 class Batcher:
-    """``run_batch(jobs) -> results`` (one per job, in order) runs on the batching thread."""
+    """``run_batch(jobs) -> results`` (one per job, in order) runs on the batching thread.
 
-    def __init__(self, run_batch: Callable[[Sequence[Job]], list], *, max_rows: int, max_queue: int):
-        if max_rows < 1 or max_queue < 1:
-            raise ValueError(f"max_rows and max_queue must be >= 1, got {max_rows}, {max_queue}")
-        self.run_batch, self.max_rows = run_batch, max_rows
+    A batch starts with the oldest request and takes the queued ones up to ``max_rows``; while requests
+    announced with :meth:`incoming` are still being prepared it waits up to ``window_s`` for them."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[Job]], list],
+        *,
+        max_rows: int,
+        max_queue: int,
+        window_s: float = 0.0,
+    ):
+        if max_rows < 1 or max_queue < 1 or window_s < 0:
+            raise ValueError(
+                f"need max_rows, max_queue >= 1 and window_s >= 0, got {max_rows}, {max_queue}, {window_s}"
+            )
+        self.run_batch, self.max_rows, self.window_s = run_batch, max_rows, window_s
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._closing = threading.Event()
         self._carry: Job | None = None  # taken from the queue but did not fit the previous batch
+        self._incoming = 0  # requests announced by `incoming()` and not yet submitted
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="r1ov-batcher", daemon=True)
         self._thread.start()
 
@@ -53,6 +69,21 @@ class Batcher:
     def depth(self) -> int:
         """Requests waiting (not yet in a batch)."""
         return self._queue.qsize() + (self._carry is not None)
+
+    @property
+    def preparing(self) -> int:
+        return self._incoming
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Announces a request that will be submitted when it is prepared (a forming batch may wait for it)."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
 
     def submit(self, rows: int, payload: Any) -> concurrent.futures.Future:
         if rows > self.max_rows:
@@ -82,11 +113,20 @@ class Batcher:
                 if self._closing.is_set():
                     return []
         batch, rows = [first], first.rows
+        deadline = time.perf_counter() + self.window_s
         while rows < self.max_rows:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                # Requests still being prepared (image decoding, tokenization) would otherwise wait a whole
+                # batch: wait for them a little; with none announced, start at once.
+                left = deadline - time.perf_counter()
+                if self._incoming == 0 or left <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=min(0.002, left))
+                except queue.Empty:
+                    continue
             if rows + job.rows > self.max_rows:
                 self._carry = job  # first in line for the next batch
                 break

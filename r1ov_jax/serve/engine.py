@@ -1,10 +1,11 @@
 """The model side of ``r1ov serve``: request → prompt example (checked against the limits), a batch of requests →
 one ``generate_rows`` call on bucketed static shapes, sampled tokens → choices (stop sequences, finish reason).
 
-Static shapes: the batch always has ``max_batch`` rows (padding rows get a zero token budget), the prompt length
-and the per-row patch budget are rounded up to powers of two, and so is the batch's largest ``max_tokens``. The
-sampler therefore compiles once per (length, patches, tokens, sampling mode) bucket, never per request;
-``/metrics`` lists the shapes compiled so far.
+Static shapes: the batch is padded to a row bucket (``Limits.batch_buckets``, by default powers of two up to
+``max_batch``; padding rows get a zero token budget), the prompt length and the per-row patch budget are rounded
+up to powers of two, and so is the batch's largest ``max_tokens``. The sampler therefore compiles once per
+(rows, length, patches, tokens, sampling mode) bucket, never per request; ``/metrics`` lists the shapes
+compiled so far.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from r1ov_jax.serve.batcher import Job
 from r1ov_jax.serve.metrics import Metrics
 from r1ov_jax.serve.protocol import ApiError, ChatRequest, to_hf_messages
 
-MIN_PROMPT_BUCKET, MIN_PATCH_BUCKET, MIN_TOKEN_BUCKET = 64, 64, 16
+MIN_PROMPT_BUCKET, MIN_PATCH_BUCKET, MIN_TOKEN_BUCKET = 32, 32, 16
 
 
 def bucket(n: int, lo: int, hi: int | None = None) -> int:
-    """The smallest power-of-two multiple of ``lo`` that holds ``n``, capped at ``hi``."""
+    """The smallest of lo·2^k and 1.5·lo·2^k that holds ``n``, capped at ``hi``: at most 1/3 padding, and
+    O(log) distinct shapes."""
     b = lo
-    while b < n:
+    while b < n and b * 3 // 2 < n:
         b *= 2
+    b = b if b >= n else b * 3 // 2
     return b if hi is None else min(b, hi)
 
 
@@ -44,13 +47,28 @@ class Limits:
     max_image_bytes: int  # per image, decoded
     max_image_pixels: int  # per image, from its header (decompression bombs)
     max_queue: int  # requests waiting beyond the running batch; more get 503
+    batch_window_s: float = 0.05  # a forming batch waits at most this long for requests being prepared
+    batch_buckets: tuple[int, ...] = ()  # padded batch sizes (rows); () → powers of two up to max_batch
+
+    def __post_init__(self):
+        buckets = self.batch_buckets or tuple(2**k for k in range(self.max_batch.bit_length()))
+        object.__setattr__(self, "batch_buckets", tuple(sorted({*buckets, self.max_batch})))
+
+    def rows_bucket(self, rows: int) -> int:
+        return next(b for b in self.batch_buckets if b >= rows)
 
     def check(self) -> None:
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) < 1:
+            if f.type == "int" and getattr(self, f.name) < 1:
                 raise InvalidInputError(
                     f"--{f.name.replace('_', '-')} must be >= 1, got {getattr(self, f.name)}"
                 )
+        if not 0 <= self.batch_window_s <= 1:
+            raise InvalidInputError(f"--batch-window-ms must be in 0..1000, got {self.batch_window_s * 1e3}")
+        if not all(1 <= b <= self.max_batch for b in self.batch_buckets):
+            raise InvalidInputError(
+                f"--batch-buckets must lie in 1..{self.max_batch} (--max-batch), got {self.batch_buckets}"
+            )
 
 
 @dataclasses.dataclass
@@ -127,7 +145,8 @@ class Engine:
         """One sampler call for all rows of ``jobs``; per job, per choice: (token ids, ended with EOS)."""
         rows = [(job.payload, c) for job in jobs for c in range(job.payload.n)]
         used = len(rows)
-        rows += [(rows[0][0], -1)] * (self.limits.max_batch - used)  # padding rows: copies, zero budget
+        padded = self.limits.rows_bucket(used)
+        rows += [(rows[0][0], -1)] * (padded - used)  # padding rows: copies, zero budget
         examples = [p.example for p, _ in rows]
         length = bucket(
             max(len(ex["input_ids"]) for ex in examples), MIN_PROMPT_BUCKET, self.limits.max_prompt_tokens
@@ -148,8 +167,9 @@ class Engine:
         cfg = SamplingConfig(max_new_tokens=budget, eos_ids=(self.eos_id,), pad_id=self.pad_id)
         started = time.perf_counter()
         out = generate_rows(self.model, inputs, params, cfg)
-        shape = (self.limits.max_batch, length, patch_budget or 0, budget, *params.static_mode)
-        self.metrics.batch(used, len(jobs), shape, [started - job.enqueued for job in jobs])
+        shape = (padded, length, patch_budget or 0, budget, *params.static_mode)
+        waits = [started - job.enqueued for job in jobs]
+        self.metrics.batch(used, len(jobs), shape, waits, time.perf_counter() - started)
         results, r = [], 0
         for job in jobs:
             choices = []

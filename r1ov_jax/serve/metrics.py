@@ -24,6 +24,7 @@ class Metrics:
         self.shapes: set[tuple] = set()  # distinct compiled sampler shapes
         self._latency = collections.deque(maxlen=LATENCY_WINDOW)
         self._queue_wait = collections.deque(maxlen=LATENCY_WINDOW)
+        self._sampler = collections.deque(maxlen=LATENCY_WINDOW)  # seconds per sampler call
 
     def received(self) -> None:
         with self._lock:
@@ -39,8 +40,9 @@ class Metrics:
                 self.completion_tokens += completion_tokens
                 self._latency.append(seconds)
 
-    def batch(self, rows: int, requests: int, shape: tuple, queue_waits: list[float]) -> None:
+    def batch(self, rows: int, requests: int, shape: tuple, queue_waits: list[float], seconds: float) -> None:
         with self._lock:
+            self._sampler.append(seconds)
             self.batches += 1
             self.batch_rows[rows] += 1
             self.batch_requests[requests] += 1
@@ -70,4 +72,5 @@ class Metrics:
                 "compiled_shapes": [list(s) for s in sorted(self.shapes)],
                 "latency_s": self._percentiles(self._latency),
                 "queue_wait_s": self._percentiles(self._queue_wait),
+                "sampler_s": self._percentiles(self._sampler),
             }

@@ -84,3 +84,24 @@ def test_close_finishes_queued_requests_then_refuses():
     run.gate.set()
     closer.join(5)
     assert not closer.is_alive() and [f.result(0) for f in futures] == [0, 2, 4, 6, 8]
+
+
+def test_forming_batch_waits_for_announced_requests_only():
+    run = Recorder()
+    b = Batcher(run, max_rows=8, max_queue=64, window_s=0.5)
+    ctx = b.incoming()
+    ctx.__enter__()  # a request is being prepared
+    first = b.submit(1, 1)
+
+    def late():
+        time.sleep(0.1)
+        b.submit(1, 2)
+        ctx.__exit__(None, None, None)
+
+    threading.Thread(target=late).start()
+    assert first.result(5) == 2
+    assert run.batches == [[1, 2]]  # the batch waited for the announced request
+    start = time.perf_counter()
+    assert b.submit(1, 3).result(5) == 6  # nothing announced: no wait
+    assert time.perf_counter() - start < 0.4 and run.batches[-1] == [3]
+    b.close(5)

@@ -58,7 +58,8 @@ def server(model_dir):
         str(port),
     ]
     proc = subprocess.Popen(
-        [*cmd, "--served-model-name", MODEL, "--max-image-bytes=200000", "--max-request-bytes=1000000", *flags],
+        [*cmd, "--served-model-name", MODEL, "--max-image-bytes=200000", "--max-request-bytes=1000000",
+         "--batch-buckets=8", *flags],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -186,7 +187,7 @@ def test_streaming_equals_non_streaming(client, model_dir):
 
 
 def test_stop_sequences_truncate(client):
-    kw = dict(model=MODEL, messages=_user("Tell me about the picture."), temperature=0, max_tokens=24)
+    kw = dict(model=MODEL, messages=_user("Tell me more."), temperature=0, max_tokens=16)
     full = client.chat.completions.create(**kw)
     text = full.choices[0].message.content
     stop = text[len(text) // 2 : len(text) // 2 + 2]
@@ -203,7 +204,7 @@ def test_32_concurrent_clients_match_sequential_answers(client, server):
         image = _png(seed=i) if i % 2 else None
         sampled = dict(temperature=1.0, seed=i) if i % 3 == 0 else dict(temperature=0)
         r = client.chat.completions.create(
-            model=MODEL, messages=_user(f"Question {i}: how many?", image), max_tokens=8 + i % 5, **sampled
+            model=MODEL, messages=_user(f"Q{i}: how many?", image), max_tokens=8 + i % 5, **sampled
         )
         return r.choices[0].message.content, r.usage.completion_tokens
 
@@ -224,7 +225,10 @@ def test_32_concurrent_clients_match_sequential_answers(client, server):
     assert after["batches"] - before["batches"] < 32
     assert after["requests"]["200"] - before["requests"]["200"] == 32
     assert after["completion_tokens"] - before["completion_tokens"] == sum(n for _, n in answers)
-    assert after["compiles"] <= 8  # shape buckets, not one compile per request
+    # shape buckets, not one compile per request: the mixed batches reuse the shapes of the lone requests
+    # (text prompts fall in the 48-token bucket, image prompts in the 64-token one)
+    assert after["compiles"] - before["compiles"] <= 1, after["compiled_shapes"]
+    assert after["compiles"] <= 7, after["compiled_shapes"]
     assert after["latency_s"]["p50"] > 0 and after["latency_s"]["p99"] >= after["latency_s"]["p50"]
     assert after["queue_depth"] == 0
 
@@ -312,7 +316,7 @@ def test_sigterm_finishes_in_flight_request_and_exits_0(client, server):
 
     def slow_request():  # a new token bucket (a fresh compile) keeps it in flight for seconds
         result["r"] = client.chat.completions.create(
-            model=MODEL, messages=_user("A long answer, please."), temperature=0, max_tokens=64
+            model=MODEL, messages=_user("Long answer, please."), temperature=0, max_tokens=64
         )
 
     t = threading.Thread(target=slow_request)
