@@ -6,12 +6,13 @@ blocks; ``r1ov_jax.testing.demo_model``). Each request: one 90x120 image (24 ima
 
 Baseline: the same requests one at a time through ``answer_prompts`` in this process, i.e. what ``r1ov generate``
 runs per call minus process start and compile (warmed up first; all prompts have one shape, so it never
-recompiles). The server runs as its own process (``r1ov serve --max-batch 32``), warmed up by one untimed round
-at every concurrency level first (so the row buckets the timed runs use are compiled); clients are asyncio tasks over one ``httpx.AsyncClient`` in this process, each sending its
+recompiles). The server runs as its own process (``r1ov serve --max-batch B``, once per B in ``--max-batch``),
+warmed up by two untimed rounds at every concurrency level first (so the row buckets the timed runs use are
+compiled; the number compiled during the timed runs is printed); clients are asyncio tasks over one ``httpx.AsyncClient`` in this process, each sending its
 next request when the previous one returns. Client, server and baseline share the machine's cores: the load
 average is printed before and after. Optionally (``--cli``) one ``r1ov generate`` process is timed too.
 
-    python benchmarks/bench_serve.py [--new 128 --requests-per-client 4 --cli]
+    python benchmarks/bench_serve.py [--new 128 --requests-per-client 4 --max-batch 8,32 --cli]
 """
 
 from __future__ import annotations
@@ -120,12 +121,41 @@ def start_server(hf_dir: str, max_batch: int, new: int, log) -> tuple[subprocess
     raise RuntimeError("r1ov serve did not start; see its log")
 
 
+def serve(hf_dir: str, imgs: list[bytes], max_batch: int, args, seq_rps: float, log) -> None:
+    proc, base = start_server(hf_dir, max_batch, args.new, log)
+    try:
+        print(f"\n`r1ov serve --max-batch {max_batch}`\n")
+        print("| clients | requests | req/s | x sequential | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+        url = f"{base}/v1/chat/completions"
+        for clients in CONCURRENCY * 2:  # untimed: compiles the row buckets the timed runs use
+            asyncio.run(load_test(url, imgs, clients, args.requests_per_client, args.new))
+        warm = httpx.get(f"{base}/metrics").json()["compiles"]
+        for clients in CONCURRENCY:
+            n = clients * args.requests_per_client
+            total, lat = asyncio.run(load_test(url, imgs, clients, args.requests_per_client, args.new))
+            p50, p99 = percentiles(lat)
+            rps = n / total
+            print(
+                f"| {clients} | {n} | {rps:.2f} | {rps / seq_rps:.2f} | {p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
+            )
+        m = httpx.get(f"{base}/metrics").json()
+        print(
+            f"\nserver (warm-up included): {m['batches']} batches, rows per batch {m['batch_rows']}, "
+            f"compiles {m['compiles']} ({m['compiles'] - warm} during the timed runs), "
+            f"queue wait p50 {m['queue_wait_s']['p50'] * 1e3:.0f} ms, sampler call p50 "
+            f"{m['sampler_s']['p50'] * 1e3:.0f} ms (mean {m['sampler_s']['mean'] * 1e3:.0f} ms)"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--new", type=int, default=128, help="max_tokens per request")
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--sequential", type=int, default=24, help="requests in the sequential baseline")
-    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-batch", default="8,32", help="server --max-batch values, one server each")
     ap.add_argument("--cli", action="store_true", help="also time one `r1ov generate` process")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()} on {os.cpu_count()} CPUs")
@@ -150,34 +180,9 @@ def main():
             f"one `r1ov generate` process (start + load + compile + generate): {time.perf_counter() - t:.1f} s"
         )
 
-    with open(os.path.join(tmp, "server.log"), "w") as log:
-        proc, base = start_server(hf_dir, args.max_batch, args.new, log)
-        try:
-            print(
-                "\n| clients | requests | req/s | x sequential | p50 ms | p99 ms |\n|---|---|---|---|---|---|"
-            )
-            url = f"{base}/v1/chat/completions"
-            for clients in CONCURRENCY:  # untimed: compiles the row buckets the timed runs use
-                asyncio.run(load_test(url, imgs, clients, args.requests_per_client, args.new))
-            warm = httpx.get(f"{base}/metrics").json()["compiles"]
-            for clients in CONCURRENCY:
-                n = clients * args.requests_per_client
-                total, lat = asyncio.run(load_test(url, imgs, clients, args.requests_per_client, args.new))
-                p50, p99 = percentiles(lat)
-                rps = n / total
-                print(
-                    f"| {clients} | {n} | {rps:.2f} | {rps / seq_rps:.2f} | {p50 * 1e3:.0f} | {p99 * 1e3:.0f} |"
-                )
-            m = httpx.get(f"{base}/metrics").json()
-            print(
-                f"\nserver (warm-up included): {m['batches']} batches, rows per batch {m['batch_rows']}, "
-                f"compiles {m['compiles']} ({m['compiles'] - warm} during the timed runs), "
-                f"queue wait p50 {m['queue_wait_s']['p50'] * 1e3:.0f} ms, sampler call p50 "
-                f"{m['sampler_s']['p50'] * 1e3:.0f} ms (mean {m['sampler_s']['mean'] * 1e3:.0f} ms)"
-            )
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    for max_batch in [int(b) for b in args.max_batch.split(",")]:
+        with open(os.path.join(tmp, f"server{max_batch}.log"), "w") as log:
+            serve(hf_dir, imgs, max_batch, args, seq_rps, log)
     print(f"load average after: {os.getloadavg()}")
 
 
