@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 
 from r1ov_jax.errors import InvalidInputError
@@ -65,6 +66,17 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
         raise InvalidInputError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
 def serve_cli(args) -> int:
     import uvicorn
 
@@ -78,6 +90,7 @@ def serve_cli(args) -> int:
         batch_buckets=_int_list(args.batch_buckets, "--batch-buckets"),
         batch_window_s=args.batch_window_ms / 1e3,
     )  # fmt: skip
+    sock = _bind(args.host, args.port)  # before the model loads: a taken port fails at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, name = build_app(
         args.model, limits, model_name=args.served_model_name, max_request_bytes=args.max_request_bytes
@@ -99,5 +112,5 @@ def serve_cli(args) -> int:
         args.max_batch,
     )
     server = _server_class()(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
