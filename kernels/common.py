@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import pallas as pl
 
 # Finite "minus infinity" for masked logits: exp(MASK - m) underflows to 0 and MASK - MASK stays 0 (no NaN
 # from inf - inf). Rows whose keys are all masked are zeroed explicitly, not through this value.
@@ -179,6 +180,22 @@ class Geometry:
     groups: int  # q heads per kv head
     kv_steps: int  # grid length over key blocks per query block (>= every hi - lo)
     q_steps: int  # grid length over query blocks per key block (>= every qhi - qlo)
+
+
+def attention_cost(b, hq, tq, tk, d, *, causal: bool, matmuls: int, operands) -> pl.CostEstimate:
+    """What a kernel tells XLA's cost model (a pallas_call without one counts 0 FLOPs): ``matmuls`` products of
+    ``[tq, d] x [d, tk]`` shape per (batch, query head), halved for causal self-attention, one exp per logit.
+
+    A dense estimate: blocks that segment ids hide (packing, vision windows) are skipped by the kernel but
+    counted here, so for windowed or packed inputs it is an upper bound.
+    """
+    frac = 0.5 if causal and tq == tk else 1.0
+    logits = int(b * hq * tq * tk * frac)
+    return pl.CostEstimate(
+        flops=2 * matmuls * logits * d,
+        transcendentals=logits,
+        bytes_accessed=int(sum(np.prod(x.shape) * x.dtype.itemsize for x in operands)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

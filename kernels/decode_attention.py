@@ -362,6 +362,10 @@ def _tpu_decode(cfg, qr, k, v, lo, hi, row_ids, hkv):
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * 3 + ("arbitrary",)),
         interpret=cfg.interpret,
         name="decode_attention_tpu",
+        # rows = the kv head's query heads x tokens: one [rows, S] logit tile per kv head
+        cost_estimate=common.attention_cost(
+            b, hkv, rows, cfg.s_pad, dp, causal=False, matmuls=2, operands=(qr, k, v)
+        ),
     )(lo, hi, qr, k, v, *side)
     return o, lse[..., 0]
 

@@ -271,6 +271,9 @@ def _tpu_forward(geo, q, k, v, meta):
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",) * 3 + ("arbitrary",)),
         interpret=geo.interpret,
         name="flash_fwd_tpu",
+        cost_estimate=common.attention_cost(
+            b, hq, tqp, k.shape[2], d, causal=geo.causal, matmuls=2, operands=(q, k, v, q)
+        ),
     )(lo, hi, q, k, v, *_side_args(geo, meta))
     return out, lse
 
@@ -369,6 +372,9 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
         compiler_params=sem(dimension_semantics=("parallel",) * 3 + ("arbitrary",)),
         interpret=geo.interpret,
         name="flash_dq_tpu",
+        cost_estimate=common.attention_cost(  # logits, dp = do v^T, dq = ds k
+            b, hq, tqp, tkp, d, causal=geo.causal, matmuls=3, operands=(q, k, v, do, q)
+        ),
     )(lo, hi, q, k, v, do, lse, delta, *sides)
 
     # dk, dv: one program per key block, reducing over the kv group's query heads and their query blocks.
@@ -403,5 +409,8 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
         compiler_params=sem(dimension_semantics=("parallel",) * 3 + ("arbitrary",) * 2),
         interpret=geo.interpret,
         name="flash_dkv_tpu",
+        cost_estimate=common.attention_cost(  # logits, dp, dv = p^T do, dk = ds^T q
+            b, hq, tqp, tkp, d, causal=geo.causal, matmuls=4, operands=(q, k, v, do, k, v)
+        ),
     )(qlo, qhi, q, k, v, do, lse, delta, *sides)
     return dq, dk, dv

@@ -103,6 +103,30 @@ def test_flash_forward_and_backward_compile(tpu, case):
     assert_mosaic(compile_tpu(tpu, grad_of(fn), *specs, *ids), 3)  # fwd, dq, dk/dv
 
 
+def test_flash_kernels_declare_their_flops_to_the_cost_model(tpu):
+    """A pallas_call counts 0 FLOPs in XLA's cost analysis unless it declares a CostEstimate: the kernels
+    declare the dense (causal-halved) count, so `r1ov preflight` FLOPs and step-time estimates include
+    attention. tq, tk on the 256 tile: the padded problem is the unpadded one."""
+    b, hq, hkv, t, d = 2, 4, 2, 512, 128
+    specs = (S((b, t, hq, d), jnp.bfloat16), S((b, t, hkv, d), jnp.bfloat16), S((b, t, hkv, d), jnp.bfloat16))
+    ids = (S((b, t), jnp.int32), S((b, t), jnp.int32))
+    logits = b * hq * t * t // 2  # causal
+
+    def fn(q, k, v, q_seg, kv_seg):
+        return flash_attention(q, k, v, q_seg, kv_seg, causal=True)
+
+    def flops(f):
+        sharding = SingleDeviceSharding(tpu)
+        with jax.default_device(tpu):
+            ca = jax.jit(f, in_shardings=sharding).lower(*specs, *ids).compile().cost_analysis()
+        return float((ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"])
+
+    fwd = flops(fn)
+    assert 2 * 2 * logits * d <= fwd <= 1.1 * 2 * 2 * logits * d  # + XLA's own ops around the kernel
+    both = flops(grad_of(fn))
+    assert 2 * (2 + 3 + 4) * logits * d <= both <= 1.1 * 2 * (2 + 3 + 4) * logits * d  # fwd, dq, dk/dv
+
+
 def test_varlen_forward_and_backward_compile(tpu):
     t, hq, hkv, d = 512, 4, 2, 80  # 64-patch windows with head dim 80, as in the vision tower
 
