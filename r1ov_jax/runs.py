@@ -3,11 +3,16 @@
     RUN/run.json                 provenance: stage, base model (HF folder or run it started from), prompt format
     RUN/model/                   config.json (HF layout), tokenizer files, preprocessor_config.json, HF side files
     RUN/checkpoints/<step>/      Orbax checkpoints (params, optimizer state, RNG, data-iterator state)
+    RUN/base/                    LoRA runs whose base exists nowhere else (a random init): its HF folder
     RUN/metrics.jsonl, RUN/tb/   metrics (JSONL and TensorBoard), RUN/*.png plots
 
 :func:`load` accepts any of: a run directory, its ``checkpoints/`` folder, one ``checkpoints/<step>`` folder, or
 an HF folder (``config.json`` + safetensors). ``r1ov export-hf`` turns any step into an HF folder; ``r1ov
 import-hf`` creates a run from an HF folder (step 0, params only).
+
+LoRA runs checkpoint the adapters (and their optimizer state) only. ``run.json`` then holds ``lora`` (the
+spec) and the base: ``base`` (an HF folder, or the run it started from with ``base_step``) or ``RUN/base``;
+:func:`load` rebuilds base + adapters from them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from flax import nnx
 
 from r1ov_jax import hf
 from r1ov_jax.errors import InvalidInputError, MissingInputError
+from r1ov_jax.models import lora
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, Qwen25VLConfig
 from r1ov_jax.processing import ImageProcessor
 from r1ov_jax.processing.prompts import PromptFormat
@@ -34,6 +40,7 @@ from r1ov_jax.train.checkpoint import Checkpointer, CheckpointError, save_json_a
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 INFO_FILE = "run.json"
+BASE_DIR = "base"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -97,8 +104,29 @@ def create(
         "prompt": (prompt_format or PromptFormat()).to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if lora.is_lora(model):
+        info.update(_lora_base(run, model, base))
     save_json_atomic(os.path.join(run, INFO_FILE), info)
     return d
+
+
+def _lora_base(run: str, model: Qwen25VL, base: str | None) -> dict:
+    """run.json fields of a LoRA run: the spec and where its frozen base lives (checkpoints hold adapters only).
+
+    A base from a run is pinned to that run's latest step now; a base that exists nowhere on disk (a random
+    init) is written to ``RUN/base`` once (QLoRA: its dequantized kernels, which re-quantize to the same codes).
+    """
+    out = {"lora": lora.spec_of(model).to_dict()}
+    if base and is_run_dir(base):
+        ckpt = Checkpointer(checkpoints_dir(base), async_save=False)
+        try:
+            out["base_step"] = ckpt.latest_step()
+        finally:
+            ckpt.close()
+    elif not base:
+        hf.save_pretrained(lora.base_model(model), os.path.join(run, BASE_DIR))
+        out["base"] = os.path.abspath(os.path.join(run, BASE_DIR))
+    return out
 
 
 def write_preprocessor_config(model_folder: str, image_processor: ImageProcessor) -> None:
@@ -204,24 +232,38 @@ def load(
         )
         info = {}
     else:
-        cfg = Qwen25VLConfig.from_json(mdir, dtype=dtype, attn_impl=attn_impl)
-        cfg = cfg.replace(remat=remat)
-        model = hf.io.abstract_model(cfg)
+        info = read_info(run)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat=remat)
+        if info.get("lora", {}).get("rank"):
+            model = _lora_with_base(run, info, **kw)
+        else:
+            cfg = Qwen25VLConfig.from_json(mdir, dtype=dtype, attn_impl=attn_impl)
+            model = hf.io.abstract_model(cfg.replace(remat=remat))
+        params = nnx.state(model, lora.trainable(model))  # a LoRA run's checkpoints hold the adapters only
         ckpt = Checkpointer(checkpoints_dir(run), async_save=False)
         try:
             step = ckpt.latest_step() if step is None else step
-            state, _ = ckpt.restore(step, {"params": nnx.state(model, nnx.Param)}, partial=True)
+            state, _ = ckpt.restore(step, {"params": params}, partial=True)
         finally:
             ckpt.close()
         cast = (lambda x: jnp.asarray(x, param_dtype)) if param_dtype is not None else jnp.asarray
         nnx.update(model, jax.tree.map(cast, state["params"]))  # restored leaves may be host NumPy
-        info = read_info(run)
     tok = Tokenizer.from_pretrained(mdir) if _has_tokenizer(mdir) else None
     if tok is None and require_tokenizer:
         raise MissingInputError(
             f"{mdir}: no tokenizer files (tokenizer.json / tokenizer_config.json / tokenizer.model)"
         )
     return Loaded(model, tok, image_processor_for(mdir), mdir, run, step, info)
+
+
+def _lora_with_base(run: str, info: dict, **kw) -> Qwen25VL:
+    """The base a LoRA run points to (merged, when it is itself a LoRA run) with fresh adapters of the run's
+    spec, ready for the adapters' restore."""
+    base = info.get("base")
+    if not base or not os.path.exists(base):
+        raise CheckpointError(f"{run}: LoRA run whose base {base!r} (run.json) is missing: cannot rebuild it")
+    base_model = load(base, step=info.get("base_step"), **kw).model
+    return lora.apply_lora(lora.merged(base_model), lora.LoraSpec.from_config(info["lora"]))
 
 
 def _has_tokenizer(d: str) -> bool:

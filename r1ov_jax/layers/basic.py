@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 
 def param(rngs: nnx.Rngs | None, init, shape, axes: tuple[str | None, ...], dtype=jnp.float32) -> nnx.Param:
@@ -38,7 +39,9 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # flax's promote_dtype (looked up at call time) is what qwix intercepts to leave a QLoRA kernel quantized
+        x, kernel = dtypes.promote_dtype((x, self.kernel[...]), dtype=self.dtype)
+        y = jnp.dot(x, kernel)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -29,8 +29,38 @@ def default_model_config() -> ml_collections.ConfigDict:
             remat=False,
             text=ml_collections.ConfigDict(),
             vision=ml_collections.ConfigDict(),
+            lora=default_lora_config(),
         )
     )
+
+
+def default_lora_config() -> ml_collections.ConfigDict:
+    """``model.lora``: rank 0 = full fine-tuning. ``targets``: regexes over module paths (``models.lora``)."""
+    from r1ov_jax.models import lora
+
+    spec = lora.LoraSpec()
+    return ml_collections.ConfigDict(
+        dict(
+            rank=spec.rank,
+            alpha=spec.alpha,
+            dropout=spec.dropout,
+            targets=list(spec.targets),  # add lora.VISION_TARGETS to adapt the vision tower and merger too
+            base_qtype="",  # "" | "int8" | "nf4" (QLoRA: the adapted base kernels are stored quantized)
+            seed=0,
+        )
+    )
+
+
+def with_adapters(model: Qwen25VL, mc: ml_collections.ConfigDict) -> Qwen25VL:
+    """``model`` with the adapters ``mc.lora`` asks for; a LoRA model (e.g. a LoRA SFT run that GRPO starts
+    from) is merged first, so the new stage starts from the previous stage's policy."""
+    from r1ov_jax.models import lora
+
+    lc = dict(mc.get("lora") or {})
+    seed = lc.pop("seed", 0)
+    spec = lora.LoraSpec.from_config(lc)
+    model = lora.merged(model)
+    return lora.apply_lora(model, spec, seed=seed) if spec.enabled else model
 
 
 def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VLConfig:
@@ -65,13 +95,16 @@ def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = No
 
 
 def build_model(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VL:
-    """From ``mc.hf_path`` when set (a local HF folder), else randomly initialized from the preset."""
+    """From ``mc.hf_path`` when set (a local HF folder), else randomly initialized from the preset; with LoRA
+    adapters when ``mc.lora.rank > 0``."""
     if mc.hf_path:
-        return hf.from_pretrained(
+        model = hf.from_pretrained(
             mc.hf_path,
             dtype=DTYPES[mc.dtype],
             param_dtype=DTYPES[mc.param_dtype],
             attn_impl=mc.attn_impl,
             remat=mc.remat,
         )
-    return Qwen25VL(model_config(mc, tokenizer), rngs=nnx.Rngs(mc.init_seed))
+    else:
+        model = Qwen25VL(model_config(mc, tokenizer), rngs=nnx.Rngs(mc.init_seed))
+    return with_adapters(model, mc)

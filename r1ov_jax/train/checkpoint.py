@@ -121,8 +121,12 @@ def fingerprints(tree) -> dict[str, list]:
 
 
 def nonfinite_paths(tree) -> list[str]:
-    """Paths of the leaves of ``tree`` that hold a NaN or an inf."""
-    return [k for k, fp in fingerprints(tree).items() if not fp[3]]
+    """Paths of the leaves of ``tree`` that hold a NaN or an inf (integer leaves, e.g. QLoRA's quantized base
+    kernels, cannot)."""
+    floats = jax.tree.map(
+        lambda v: v if jnp.issubdtype(getattr(v, "dtype", np.int8), jnp.inexact) else None, tree
+    )
+    return [k for k, fp in fingerprints(floats).items() if not fp[3]]
 
 
 class NonFiniteError(UserError, FloatingPointError):
@@ -157,8 +161,11 @@ class PreemptionGuard:
 
 
 def train_state(model: nnx.Module, optimizer: nnx.Optimizer | None, rng: jax.Array | None) -> dict:
-    """The pytree that is checkpointed."""
-    tree = {"params": nnx.state(model, nnx.Param)}
+    """The pytree that is checkpointed: the trained params (a LoRA model's adapters only; its base is a pointer
+    in ``run.json``, see ``runs``), optimizer state, RNG."""
+    from r1ov_jax.models import lora
+
+    tree = {"params": nnx.state(model, lora.trainable(model))}
     if optimizer is not None:
         tree["opt"] = nnx.state(optimizer)  # step + opt_state (the optimizer holds no model reference)
     if rng is not None:

@@ -96,5 +96,14 @@ def _labels(params, frozen: set[str]):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+def trainable(model: nnx.Module):
+    """What training updates (and differentiates): the adapters of a LoRA model, else every parameter."""
+    from r1ov_jax.models import lora
+
+    return lora.trainable(model)
+
+
 def make_nnx_optimizer(model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int) -> nnx.Optimizer:
-    return nnx.Optimizer(model, make_optimizer(cfg, total_steps), wrt=nnx.Param)
+    """Optimizer state for :func:`trainable` only: a LoRA model's frozen base gets none. ``update`` filters the
+    gradients by the same filter, so a trainer that differentiates every parameter still updates only these."""
+    return nnx.Optimizer(model, make_optimizer(cfg, total_steps), wrt=trainable(model))

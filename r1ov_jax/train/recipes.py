@@ -24,7 +24,8 @@ from r1ov_jax.data.record import shard_paths
 from r1ov_jax.processing.tokenizer import Tokenizer
 from r1ov_jax.train import grpo as grpo_lib
 from r1ov_jax.train import sft as sft_lib
-from r1ov_jax.train.builders import build_model
+from r1ov_jax.models import lora
+from r1ov_jax.train.builders import build_model, with_adapters
 from r1ov_jax.train.loop import default_train_config
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
-        model, tok = loaded.model, loaded.tokenizer or load_tokenizer(cfg)
+        model, tok = with_adapters(loaded.model, cfg.model), loaded.tokenizer or load_tokenizer(cfg)
     else:
         tok = load_tokenizer(cfg)
         model = build_model(cfg.model, tok)
@@ -152,7 +153,9 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
         out_dir, model, tok, image_processor(cfg.pipeline, geometry), stage="grpo",
         base=cfg.rl.init_from or cfg.model.hf_path or None, prompt_format=prompt_format(cfg.pipeline, "prompt"),
     )  # fmt: skip
-    ref = nnx.clone(model) if opts.needs_reference else None  # frozen SFT policy for the KL term (β > 0)
+    ref = None  # the frozen SFT policy for the KL term (β > 0); with LoRA the policy itself, adapters off
+    if opts.needs_reference:
+        ref = lora.AdaptersOff(model) if lora.is_lora(model) else nnx.clone(model)
     prompts = grpo_dataset(
         data_paths(cfg.data.rl or cfg.data.train),
         tok,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from r1ov_jax.train.loop import TrainingRun
 from r1ov_jax.train.losses import token_logprobs
-from r1ov_jax.train.optim import make_nnx_optimizer
+from r1ov_jax.train.optim import make_nnx_optimizer, trainable
 
 MODEL_KEYS = ("input_ids", "segment_ids", "positions", "pixel_values", "vision")
 
@@ -53,7 +53,9 @@ def sft_loss(model, batch: dict, chunk_size: int = 1024) -> tuple[jax.Array, dic
 
 @nnx.jit(donate_argnums=(0, 1))
 def train_step(model, optimizer, batch):
-    (_, aux), grads = nnx.value_and_grad(sft_loss, has_aux=True)(model, batch)
+    # gradients of the trainable params only (a LoRA model's adapters): no base-weight gradients exist
+    wrt = nnx.DiffState(0, trainable(model))
+    (_, aux), grads = nnx.value_and_grad(sft_loss, has_aux=True, argnums=wrt)(model, batch)
     optimizer.update(model, grads)
     aux["grad_norm"] = optax.global_norm(grads)
     return aux
