@@ -152,6 +152,29 @@ def test_n_choices_and_seed(client):
     assert len({c.message.content for c in greedy.choices}) == 1
 
 
+def test_multi_turn_prompt_uses_the_chat_template(client, model_dir):
+    from r1ov_jax.processing.chat import tokenize_conversation
+    from r1ov_jax.processing.tokenizer import Tokenizer
+
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "k"},
+        {"role": "user", "content": "x"},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "system", "content": "B."}, *turns], temperature=0, max_tokens=4
+    )
+    tok = Tokenizer.from_pretrained(str(model_dir / "hf"))
+    ids = tokenize_conversation(
+        [{"role": "system", "content": "B."}, *turns], tok, add_generation_prompt=True, default_system=None
+    )["input_ids"]
+    assert r.usage.prompt_tokens == len(ids)
+    # without a system message the model's default system turn is rendered, as `r1ov generate` does
+    r2 = client.chat.completions.create(model=MODEL, messages=turns, temperature=0, max_tokens=4)
+    default = tokenize_conversation(turns, tok, add_generation_prompt=True)["input_ids"]
+    assert r2.usage.prompt_tokens == len(default) > len(ids)
+
+
 def _stream_texts(stream) -> tuple[dict, dict, object]:
     texts, reasons, usage = {}, {}, None
     for chunk in stream:
@@ -228,7 +251,7 @@ def test_32_concurrent_clients_match_sequential_answers(client, server):
     # shape buckets, not one compile per request: the mixed batches reuse the shapes of the lone requests
     # (text prompts fall in the 48-token bucket, image prompts in the 64-token one)
     assert after["compiles"] - before["compiles"] <= 1, after["compiled_shapes"]
-    assert after["compiles"] <= 7, after["compiled_shapes"]
+    assert after["compiles"] <= 8, after["compiled_shapes"]
     assert after["latency_s"]["p50"] > 0 and after["latency_s"]["p99"] >= after["latency_s"]["p50"]
     assert after["queue_depth"] == 0
 
