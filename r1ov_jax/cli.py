@@ -269,12 +269,23 @@ def cmd_import_hf(args, overrides):
 
 
 def cmd_export_hf(args, overrides):
-    from r1ov_jax import hf, runs
+    from r1ov_jax import runs
+    from r1ov_jax.hf import peft
+    from r1ov_jax.models import lora
 
     loaded = runs.load(args.checkpoint, step=args.step)
     if loaded.run_dir is None:
         raise InvalidInputError(f"{args.checkpoint} is an HF folder already; export-hf takes a run directory")
-    out = hf.save_pretrained(loaded.model, args.out, args.max_shard_size, side_files_from=loaded.model_dir)
+    if args.adapter:
+        if not lora.is_lora(loaded.model):
+            raise InvalidInputError(
+                f"{args.checkpoint} is not a LoRA run (no model.lora in run.json): no adapter"
+            )
+        out = peft.save_adapter(loaded.model, args.out, base_name_or_path=loaded.info.get("base"))
+        print(f"exported the adapters of step {loaded.step} → {out} (PEFT, base {loaded.info.get('base')})")
+        return
+    # a LoRA run exports merged full weights (W + A·B·alpha/r); a full fine-tune its params as they are
+    out = peft.save_merged(loaded.model, args.out, args.max_shard_size, side_files_from=loaded.model_dir)
     print(f"exported step {loaded.step} → {out}")
 
 
