@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
             eval_batch_size=32,
             # SFT-continued = this many SFT steps per GRPO step (a GRPO step's time / an SFT step's, measured
             # on the 2-core CPU); None: match this run's measured GRPO wall time (not deterministic)
-            sft_continued_ratio=2.7,
+            sft_continued_ratio=5.0,
         )
     )
     cfg.mesh.data = 1  # one device: the tiny model gains nothing from sharding
@@ -64,9 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     s = cfg.sft
     s.optim.lr, s.optim.warmup_ratio, s.optim.weight_decay = 2e-3, 0.05, 0.01
-    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 300, 10, 100, 100
+    s.train.steps, s.train.log_every, s.train.eval_every, s.train.ckpt_every = 450, 10, 150, 150
     r = cfg.rl
-    r.optim.lr, r.optim.warmup_ratio = 1e-4, 0.0
+    r.optim.lr, r.optim.warmup_ratio = 3e-4, 0.0
     g = r.grpo
     g.preset = "dapo"  # beta 0, epsilon 0.2 / 0.28, token-mean, dynamic sampling, overlong buffer T/5
     g.num_generations, g.max_new_tokens, g.max_draws = 8, 160, 3
