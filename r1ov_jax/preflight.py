@@ -173,12 +173,24 @@ def _key(path) -> tuple[str, ...]:
     return tuple(str(k) for k in path)
 
 
-def abstract_model(mcfg, mesh):
-    """The model as ShapeDtypeStructs with the shardings ``shard_model`` gives its parameters."""
+def _build(mcfg, spec):
+    """The trainers' model (``builders.build_model``): with the config's LoRA/QLoRA adapters when enabled."""
+    from r1ov_jax.models import lora
     from r1ov_jax.models.qwen2_5_vl import Qwen25VL
+
+    return (
+        lora.apply_lora(Qwen25VL(mcfg, rngs=nnx.Rngs(0)), spec)
+        if spec.enabled
+        else Qwen25VL(mcfg, rngs=nnx.Rngs(0))
+    )
+
+
+def abstract_model(mcfg, mesh, spec=None):
+    """The model as ShapeDtypeStructs with the shardings ``shard_model`` gives its parameters."""
+    from r1ov_jax.models import lora
     from r1ov_jax.sharding import param_shardings
 
-    model = nnx.eval_shape(lambda: Qwen25VL(mcfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: _build(mcfg, spec or lora.LoraSpec()))
     by_path = {_key(p): s for p, s in nnx.to_flat_state(param_shardings(model, mesh))}
     rep = NamedSharding(mesh, PartitionSpec())
     flat = [
@@ -192,10 +204,11 @@ def abstract_model(mcfg, mesh):
 def abstract_optimizer(mcfg, model, optim_cfg, total_steps: int, mesh):
     """The trainers' optimizer (``make_nnx_optimizer``) as ShapeDtypeStructs, sharded by the
     ``shard_optimizer`` rule: a leaf takes the sharding of the parameter whose path it ends with."""
-    from r1ov_jax.models.qwen2_5_vl import Qwen25VL
+    from r1ov_jax.models import lora
     from r1ov_jax.train.optim import make_nnx_optimizer
 
-    opt = nnx.eval_shape(lambda: make_nnx_optimizer(Qwen25VL(mcfg, rngs=nnx.Rngs(0)), optim_cfg, total_steps))
+    spec = lora.spec_of(model)
+    opt = nnx.eval_shape(lambda: make_nnx_optimizer(_build(mcfg, spec), optim_cfg, total_steps))
     by_path = {_key(p): v.get_value().sharding for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     rep = NamedSharding(mesh, PartitionSpec())
 
@@ -527,8 +540,10 @@ def make_target(cfg: ml_collections.ConfigDict, topo: Topology, devices=None) ->
         raise InvalidInputError(
             f"{e} on {topo.name}: make one mesh axis -1 (fill), e.g. --config.mesh.data=-1"
         ) from None
+    from r1ov_jax.train.builders import lora_spec
+
     mcfg = model_config_for_target(cfg.model)
-    model = abstract_model(mcfg, mesh)
+    model = abstract_model(mcfg, mesh, lora_spec(cfg.model))
     default = devices[0] if mcfg.attn_impl == "pallas" else None
     return Target(topo, mesh, mcfg, rules_for(mcfg, mesh), model, param_counts(model), default)
 
@@ -574,7 +589,12 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     geometry = target.mcfg.vision.geometry()
     ps = prompt_shape(cfg.pipeline, geometry)
     mesh, model = target.mesh, target.model
-    ref = abstract_model(target.mcfg, mesh)  # run_grpo's frozen nnx.clone of the policy, same placement
+    from r1ov_jax.models import lora
+
+    if lora.is_lora(model):  # the policy with its adapters off: no second set of weights
+        ref = lora.AdaptersOff(model)
+    else:  # run_grpo's frozen nnx.clone of the policy, same placement
+        ref = abstract_model(target.mcfg, mesh)
     opt = abstract_optimizer(
         target.mcfg, model, cfg.rl.optim, int(cfg.rl.train.steps) * int(g.num_iterations), mesh
     )
@@ -606,6 +626,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             )  # fmt: skip
 
     policy_b, ref_b, opt_b = (per_chip_bytes(nnx.state(x)) for x in (model, ref, opt))
+    ref_b = 0 if lora.is_lora(model) else ref_b  # AdaptersOff's state *is* the policy's (shared arrays)
     shape = dict(batch=ps.batch, length=ps.length, patches=ps.patches, group=group, new_tokens=new_tokens,
                  image_cap=_image_cap(cfg, geometry))  # fmt: skip
     phases = []

@@ -56,11 +56,22 @@ def with_adapters(model: Qwen25VL, mc: ml_collections.ConfigDict) -> Qwen25VL:
     from) is merged first, so the new stage starts from the previous stage's policy."""
     from r1ov_jax.models import lora
 
-    lc = dict(mc.get("lora") or {})
-    seed = lc.pop("seed", 0)
-    spec = lora.LoraSpec.from_config(lc)
+    spec = lora_spec(mc)
     model = lora.merged(model)
-    return lora.apply_lora(model, spec, seed=seed) if spec.enabled else model
+    return (
+        lora.apply_lora(model, spec, seed=int((mc.get("lora") or {}).get("seed", 0)))
+        if spec.enabled
+        else model
+    )
+
+
+def lora_spec(mc: ml_collections.ConfigDict):
+    """The ``models.lora.LoraSpec`` of ``mc.lora`` (rank 0 when the block is absent)."""
+    from r1ov_jax.models import lora
+
+    lc = dict(mc.get("lora") or {})
+    lc.pop("seed", None)
+    return lora.LoraSpec.from_config(lc)
 
 
 def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VLConfig:
