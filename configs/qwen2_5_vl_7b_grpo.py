@@ -19,12 +19,11 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     cfg.model.preset = f"qwen2_5_vl_{size}"
     cfg.model.dtype = "bfloat16"  # compute; params stay fp32 for the optimizer
     cfg.model.param_dtype = "float32"
-    # XLA attention: the Pallas kernels do not compile on a multi-chip mesh yet (not wrapped in shard_map;
-    # `r1ov preflight` says so), "auto" would pick them on TPU
-    cfg.model.attn_impl = "xla"
-    # Full remat: without it the update needs 251 GiB of temporaries per v5p chip (`r1ov preflight`). A remat'd
-    # model does not compile in the sampler's decode while_loop yet (flax TraceContextError; the sampler must
-    # decode with remat off), so preflight and training of this config stop there until that is fixed.
+    # "auto": the Pallas flash (prefill, log-probs, update) and decode kernels on TPU/GPU, under shard_map on the
+    # mesh; XLA on CPU
+    cfg.model.attn_impl = "auto"
+    # Full remat: without it the update needs 251 GiB of temporaries per v5p chip (`r1ov preflight`); the
+    # sampler decodes with remat off (nothing to save there).
     cfg.model.remat = True
     cfg.mesh.data, cfg.mesh.fsdp = (
         1,

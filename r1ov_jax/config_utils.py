@@ -15,6 +15,11 @@ class ConfigError(UserError, ValueError):
     """A config file or override is wrong."""
 
 
+# Nodes whose fields are architecture overrides of the model preset (any field of its text / vision config,
+# e.g. --config.model.text.num_hidden_layers=4); builders.model_config checks the names.
+OPEN_NODES = ("model.text", "model.vision")
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     """Loads ``path`` (a .py file defining ``get_config()``) and applies ``a.b=value`` overrides."""
     if not os.path.exists(path):
@@ -58,10 +63,10 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
             raise ConfigError(f"unknown config field {key!r} (no {p!r}; known: {sorted(node.keys())})")
         node = node[p]
     leaf = parts[-1]
-    if leaf not in node:
+    if leaf not in node and ".".join(parts[:-1]) not in OPEN_NODES:
         raise ConfigError(f"unknown config field {key!r} (known at that level: {sorted(node.keys())})")
     value = parse_value(text)
-    old = node[leaf]
+    old = node.get(leaf)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(old, tuple) and isinstance(value, list):

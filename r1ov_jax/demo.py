@@ -110,7 +110,7 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
 
 
 def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:
-    from r1ov_jax import hf
+    from r1ov_jax.hf import peft
     from r1ov_jax.data.record import shard_paths
     from r1ov_jax.data.synth import synthesize
     from r1ov_jax.processing.tokenizer import train_sentencepiece
@@ -181,7 +181,8 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     timings["eval_s"] = time.perf_counter() - t
 
     grpo = runs.load(grpo_dir)
-    hf.save_pretrained(grpo.model, os.path.join(out, "hf"), side_files_from=grpo.model_dir)
+    # a LoRA run exports merged full weights (as `r1ov export-hf` does)
+    peft.save_merged(grpo.model, os.path.join(out, "hf"), side_files_from=grpo.model_dir)
     plots = [
         plot_metrics(
             runs.metrics_path(sft_dir),

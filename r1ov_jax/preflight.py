@@ -601,6 +601,11 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     prompt = place_batch(prompt_batch_shapes(ps, geometry), mesh)
     rows = ps.batch * group
     comp = place_batch(completion_shapes(rows, new_tokens), mesh)
+    # the update runs on one minibatch of whole groups (grpo.policy_updates), mu x num_minibatches per step
+    n_mb, mu = int(g.get("num_minibatches", 1)), int(g.num_iterations)
+    mb_ps = dataclasses.replace(ps, batch=max(1, ps.batch // n_mb))
+    mb_prompt = place_batch(prompt_batch_shapes(mb_ps, geometry), mesh)
+    mb_comp = place_batch(completion_shapes(mb_ps.batch * group, new_tokens), mesh)
     t = target.mcfg.text
     sampling = SamplingConfig(
         max_new_tokens=new_tokens, temperature=float(g.temperature), top_k=int(g.top_k), top_p=float(g.top_p),
@@ -620,9 +625,9 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     def lower_update():
         with target.ctx():
             return grpo.grpo_update.lower(
-                model, opt, prompt, comp["completions"], comp["comp_mask"], comp["logp"], comp["logp"],
-                comp["advantages"], group=group, beta=float(g.beta), epsilon=float(g.epsilon),
-                first_iteration=int(g.num_iterations) == 1,
+                model, opt, mb_prompt, mb_comp["completions"], mb_comp["comp_mask"], mb_comp["logp"],
+                mb_comp["logp"], mb_comp["advantages"], group=group, beta=float(g.beta),
+                epsilon=float(g.epsilon), first_iteration=mu == 1 and n_mb == 1,
             )  # fmt: skip
 
     policy_b, ref_b, opt_b = (per_chip_bytes(nnx.state(x)) for x in (model, ref, opt))
@@ -637,7 +642,20 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     ):
         rep, _ = compile_phase(name, lower, default_device=target.default_device)
         rep.resident_outside = outside
-        rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
+        if name == "update":
+            rep.model_flops = analytic_flops(
+                name, target.mcfg, target.counts, **{**shape, "batch": mb_ps.batch}
+            )
+            # bytes are one update's; FLOPs and time the step's mu x num_minibatches updates
+            if mu * n_mb > 1:
+                rep.flops_per_chip *= mu * n_mb
+                rep.model_flops *= mu * n_mb
+                if rep.est_step_seconds is not None:
+                    rep.est_step_seconds *= mu * n_mb
+                rep.note = "; ".join(filter(None, [rep.note, f"update compiled on one minibatch of {mb_ps.batch} prompts x G={group}; FLOPs and "
+                            f"time x {mu * n_mb} updates per step"]))  # fmt: skip
+        else:
+            rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
         phases.append(rep)
     rollout = phases[0]
     if rollout.fits:

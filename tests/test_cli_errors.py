@@ -194,3 +194,15 @@ def test_export_hf_refuses_a_damaged_step(hf_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and "step 0" in err, err
     assert not (tmp_path / "exp").exists()
+
+
+def test_architecture_overrides_of_the_preset():
+    from r1ov_jax.config_utils import load_config
+    from r1ov_jax.errors import InvalidInputError
+    from r1ov_jax.train.builders import model_config
+
+    cfg = load_config("configs/tiny_cpu.py", ["model.text.num_hidden_layers=1"])
+    assert model_config(cfg.model).text.num_hidden_layers == 1
+    bad = load_config("configs/tiny_cpu.py", ["model.vision.nonexistent=3"])
+    with pytest.raises(InvalidInputError, match=r"model.vision: unknown fields \['nonexistent'\]"):
+        model_config(bad.model)

@@ -51,8 +51,13 @@ class LoraSpec:
 
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
             raise InvalidInputError(f"model.lora.rank must be an integer >= 0, got {self.rank!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise InvalidInputError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if float(self.dropout) != 0.0:
+            # qwix applies LoRA dropout unconditionally (also while sampling, evaluating and in the old-policy
+            # / reference passes) from an RNG stream stored in every module: see docs/LORA.md
+            raise InvalidInputError(
+                f"model.lora.dropout={self.dropout!r}: only 0.0 is supported (qwix's LoRA dropout is never "
+                "switched off for sampling and evaluation; docs/LORA.md)"
+            )
         if self.base_qtype not in (None, *QTYPES):
             raise InvalidInputError(
                 f"model.lora.base_qtype must be one of None, {sorted(QTYPES)}, got {self.base_qtype!r}"

@@ -81,6 +81,10 @@ def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = No
     if mc.dtype not in DTYPES:
         raise InvalidInputError(f"model.dtype {mc.dtype!r} unknown; choose from {sorted(DTYPES)}")
     cfg = PRESETS[mc.preset]()
+    for name, sub in (("text", cfg.text), ("vision", cfg.vision)):
+        known = {f.name for f in dataclasses.fields(sub)}
+        if unknown := sorted(set(mc[name]) - known):
+            raise InvalidInputError(f"model.{name}: unknown fields {unknown}; known: {sorted(known)}")
     text = dataclasses.replace(cfg.text, **dict(mc.text))
     vision = dataclasses.replace(cfg.vision, **dict(mc.vision))
     ids = {}

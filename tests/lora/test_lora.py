@@ -66,6 +66,9 @@ def test_adapter_shapes_axes_and_dead_target(base):
         lora.apply_lora(base, lora.LoraSpec(rank=2, targets=("language_model/nothing",)))
     with pytest.raises(InvalidInputError, match="base_qtype"):
         lora.LoraSpec(rank=2, base_qtype="int3")
+    # qwix's LoRA dropout would stay on while sampling and in the reference pass (docs/LORA.md)
+    with pytest.raises(InvalidInputError, match="only 0.0 is supported"):
+        lora.LoraSpec.from_config({"rank": 8, "dropout": 0.05})
 
 
 def train_cfg(steps, lr=3e-3):
