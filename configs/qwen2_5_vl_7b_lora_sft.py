@@ -5,9 +5,12 @@
     # QLoRA (NF4 base kernels): --config.model.lora.base_qtype=nf4
 
 Rank-64 adapters (alpha 128) on every decoder attention and MLP projection, the base frozen: Adam state exists
-only for the ~161M adapter parameters, so the fp32 base (33 GB) sharded over 8 chips plus one 8192-token row per
-chip fits a 16 GiB v5e chip. The paper's global batch of 128 = 8 rows x 16 accumulated micro-steps. LoRA lr 1e-4
-(10x the full fine-tune's, the usual LoRA ratio). `r1ov preflight --topology v5e-8` figures: launch/README.md.
+only for the ~161M adapter parameters. The paper's global batch of 128 = 8 rows (one per chip) x 16 accumulated
+micro-steps. LoRA lr 1e-4 (10x the full fine-tune's, the usual LoRA ratio).
+
+`r1ov preflight` (full depth, launch/README.md): **v6e-8** as shipped (8192-token rows): 20.0 of 32 GiB per chip.
+**v5e-8** needs shorter rows, `--config.pipeline.seq_len=4096 --config.pipeline.max_patches=4096`: 15.7 of
+16.0 GiB (8192-token rows need 16.05 GiB of temporaries alone).
 """
 
 from r1ov_configs.qwen2_5_vl_7b_sft import get_config as recipe
