@@ -279,7 +279,9 @@ def save_pretrained(
     half-written export under ``out_dir``. Only process 0 should call this in multi-host runs.
     """
     if getattr(model, "lora_spec", None) is not None:
-        raise ValueError("save_pretrained got a LoRA model: write it with hf.peft.save_merged (or save_adapter)")
+        raise ValueError(
+            "save_pretrained got a LoRA model: write it with hf.peft.save_merged (or save_adapter)"
+        )
     cfg = model.cfg
     limit = parse_size(max_shard_size)
     params = flat_params(model)
