@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -116,8 +117,12 @@ def parse_topology(name: str) -> Topology:
     return Topology(name, gen, chips, f"{gen.name}:{shapes[chips]}", bounds)
 
 
+@functools.lru_cache(maxsize=None)
 def topology_devices(topo: Topology) -> list:
-    """The target's TPU devices, on this host, without a TPU (needs libtpu)."""
+    """The target's TPU devices, on this host, without a TPU (needs libtpu).
+
+    Cached: meshes over two descriptions of one topology compare equal (same ids) but hold different device
+    objects, so jit would reuse a trace whose sharding constraints name the other objects and refuse it."""
     import os
 
     # libtpu takes a process lock on load; a deviceless compile touches no chip, so several may run at once
