@@ -606,9 +606,10 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     prompt = place_batch(prompt_batch_shapes(ps, geometry), mesh)
     rows = ps.batch * group
     comp = place_batch(completion_shapes(rows, new_tokens), mesh)
-    # the update runs on one minibatch of whole groups (grpo.policy_updates), mu x num_minibatches per step
-    n_mb, mu = int(g.get("num_minibatches", 1)), int(g.num_iterations)
-    mb_ps = dataclasses.replace(ps, batch=max(1, ps.batch // n_mb))
+    # the update runs on one minibatch of whole groups (grpo.policy_updates), opts.updates_per_step per step
+    opts = grpo.resolve_options(g, ps.batch)
+    updates = opts.updates_per_step
+    mb_ps = dataclasses.replace(ps, batch=ps.batch // opts.num_minibatches)  # resolve_options: it divides
     mb_prompt = place_batch(prompt_batch_shapes(mb_ps, geometry), mesh)
     mb_comp = place_batch(completion_shapes(mb_ps.batch * group, new_tokens), mesh)
     t = target.mcfg.text
@@ -632,7 +633,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             return grpo.grpo_update.lower(
                 model, opt, mb_prompt, mb_comp["completions"], mb_comp["comp_mask"], mb_comp["logp"],
                 mb_comp["logp"], mb_comp["advantages"], group=group, beta=float(g.beta),
-                epsilon=float(g.epsilon), first_iteration=mu == 1 and n_mb == 1,
+                epsilon=float(g.epsilon), first_iteration=opts.on_policy,
             )  # fmt: skip
 
     policy_b, ref_b, opt_b = (per_chip_bytes(nnx.state(x)) for x in (model, ref, opt))
@@ -651,14 +652,15 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             rep.model_flops = analytic_flops(
                 name, target.mcfg, target.counts, **{**shape, "batch": mb_ps.batch}
             )
-            # bytes are one update's; FLOPs and time the step's mu x num_minibatches updates
-            if mu * n_mb > 1:
-                rep.flops_per_chip *= mu * n_mb
-                rep.model_flops *= mu * n_mb
+            # bytes are one update's; FLOPs and time the step's `updates` updates
+            if updates > 1:
+                rep.flops_per_chip *= updates
+                rep.model_flops *= updates
                 if rep.est_step_seconds is not None:
-                    rep.est_step_seconds *= mu * n_mb
-                rep.note = "; ".join(filter(None, [rep.note, f"update compiled on one minibatch of {mb_ps.batch} prompts x G={group}; FLOPs and "
-                            f"time x {mu * n_mb} updates per step"]))  # fmt: skip
+                    rep.est_step_seconds *= updates
+                scaled = (f"update compiled on one minibatch of {mb_ps.batch} prompts x G={group}; FLOPs and "
+                          f"time x {updates} updates per step")  # fmt: skip
+                rep.note = f"{rep.note}; {scaled}" if rep.note else scaled
         else:
             rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
         phases.append(rep)

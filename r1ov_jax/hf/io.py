@@ -278,7 +278,9 @@ def save_pretrained(
     The folder is assembled in a temporary sibling and renamed into place, so a crash never leaves a
     half-written export under ``out_dir``. Only process 0 should call this in multi-host runs.
     """
-    if getattr(model, "lora_spec", None) is not None:
+    from r1ov_jax.models import lora
+
+    if lora.is_lora(model):
         raise ValueError(
             "save_pretrained got a LoRA model: write it with hf.peft.save_merged (or save_adapter)"
         )
