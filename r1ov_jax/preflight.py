@@ -596,9 +596,12 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     mesh, model = target.mesh, target.model
     from r1ov_jax.models import lora
 
-    if lora.is_lora(model):  # the policy with its adapters off: no second set of weights
+    opts = grpo.resolve_options(g, ps.batch)  # the trainer's resolved preset, minibatches and passes
+    if not opts.needs_reference:  # beta = 0: run_grpo_stage builds no reference model
+        ref = None
+    elif lora.is_lora(model):  # the policy with its adapters off: no second set of weights
         ref = lora.AdaptersOff(model)
-    else:  # run_grpo's frozen nnx.clone of the policy, same placement
+    else:  # run_grpo_stage's frozen nnx.clone of the policy, same placement
         ref = abstract_model(target.mcfg, mesh)
     opt = abstract_optimizer(
         target.mcfg, model, cfg.rl.optim, int(cfg.rl.train.steps) * int(g.num_iterations), mesh
@@ -607,7 +610,6 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     rows = ps.batch * group
     comp = place_batch(completion_shapes(rows, new_tokens), mesh)
     # the update runs on one minibatch of whole groups (grpo.policy_updates), opts.updates_per_step per step
-    opts = grpo.resolve_options(g, ps.batch)
     updates = opts.updates_per_step
     mb_ps = dataclasses.replace(ps, batch=ps.batch // opts.num_minibatches)  # resolve_options: it divides
     mb_prompt = place_batch(prompt_batch_shapes(mb_ps, geometry), mesh)
@@ -624,28 +626,39 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         with target.ctx():
             return sampler._generate_jit.lower(graphdef, state, prompt, key, cfg=sampling, num_samples=group)
 
+    # the log-prob pass runs for the reference (beta > 0) and/or the trainer's old log-probs (off-policy)
+    logprob_model = ref if ref is not None else model
+    needs_logprobs = ref is not None or (not opts.on_policy and opts.old_logp == "trainer")
+
     def lower_logprobs():
         with target.ctx():
-            return grpo._logprobs_jit.lower(ref, prompt, comp["completions"], comp["comp_mask"], group=group)
+            return grpo._logprobs_jit.lower(
+                logprob_model, prompt, comp["completions"], comp["comp_mask"], group=group
+            )
 
     def lower_update():
+        # as policy_updates calls it: the resolved preset's beta / epsilon / loss options, no reference
+        # log-probs when beta = 0, no old log-probs on-policy, sampler log-probs only for the IS weights
+        lp = mb_comp["logp"]
         with target.ctx():
             return grpo.grpo_update.lower(
-                model, opt, mb_prompt, mb_comp["completions"], mb_comp["comp_mask"], mb_comp["logp"],
-                mb_comp["logp"], mb_comp["advantages"], group=group, beta=float(g.beta),
-                epsilon=float(g.epsilon), first_iteration=opts.on_policy,
+                model, opt, mb_prompt, mb_comp["completions"], mb_comp["comp_mask"],
+                None if opts.on_policy else lp, lp if opts.needs_reference else None, mb_comp["advantages"],
+                lp if opts.loss.tis_cap is not None else None, mb_comp["comp_mask"], group=group,
+                beta=opts.beta, epsilon=opts.epsilon, first_iteration=opts.on_policy, options=opts.loss,
             )  # fmt: skip
 
-    policy_b, ref_b, opt_b = (per_chip_bytes(nnx.state(x)) for x in (model, ref, opt))
-    ref_b = 0 if lora.is_lora(model) else ref_b  # AdaptersOff's state *is* the policy's (shared arrays)
+    policy_b, opt_b = (per_chip_bytes(nnx.state(x)) for x in (model, opt))
+    # AdaptersOff's state *is* the policy's (shared arrays)
+    ref_b = 0 if ref is None or lora.is_lora(model) else per_chip_bytes(nnx.state(ref))
     shape = dict(batch=ps.batch, length=ps.length, patches=ps.patches, group=group, new_tokens=new_tokens,
                  image_cap=_image_cap(cfg, geometry))  # fmt: skip
     phases = []
-    for name, lower, outside in (
-        ("rollout", lower_rollout, ref_b + opt_b),
-        ("logprobs", lower_logprobs, policy_b + opt_b),
-        ("update", lower_update, ref_b),
-    ):
+    plan = [("rollout", lower_rollout, ref_b + opt_b)]
+    if needs_logprobs:
+        plan.append(("logprobs", lower_logprobs, (policy_b if ref is not None else ref_b) + opt_b))
+    plan.append(("update", lower_update, ref_b))
+    for name, lower, outside in plan:
         rep, _ = compile_phase(name, lower, default_device=target.default_device)
         rep.resident_outside = outside
         if name == "update":

@@ -38,7 +38,9 @@ def test_parse_topology():
 def test_tiny_fits_v5e8_json(tmp_path, capsys):
     """The tiny config fits on v5e-8 (SFT and every GRPO phase); --json has the documented schema."""
     out = tmp_path / "pf.json"
-    assert main(["preflight", *TINY, "--topology", "v5e-8", "--json", str(out)]) == 0
+    # the paper's preset (beta > 0): rollout, reference log-probs and update all compile
+    argv = ["preflight", *TINY, "--config.rl.grpo.preset=grpo", "--topology", "v5e-8", "--json", str(out)]
+    assert main(argv) == 0
     assert "sft" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert {"topology", "chips", "hbm_bytes_per_chip", "stages"} <= set(report)
@@ -57,6 +59,37 @@ def test_tiny_fits_v5e8_json(tmp_path, capsys):
         assert set(s["bytes_per_chip"]) >= {"arguments", "outputs", "temporaries", "total"}
         assert s["fits"] and 0 < s["bytes_per_chip"]["total"] < report["hbm_bytes_per_chip"]
         assert s["flops_per_chip"] > 0 and s["model_flops"] > 0
+
+
+@pytest.mark.parametrize("preset, iterations", [("dapo", 1), ("gspo", 2)])
+def test_grpo_update_compiled_with_resolved_preset(monkeypatch, preset, iterations):
+    """Preflight lowers the update with the preset's beta / epsilon / loss options as policy_updates calls it;
+    beta = 0 builds no reference, and the log-prob phase exists only for off-policy old log-probs."""
+    from r1ov_jax.train import grpo
+
+    seen = {}
+    real = grpo.grpo_update
+
+    class Spy:
+        def lower(self, *args, **kw):
+            seen["args"], seen["kw"] = args, kw
+            return real.lower(*args, **kw)
+
+    monkeypatch.setattr(grpo, "grpo_update", Spy())
+    cfg = load_config(
+        "configs/tiny_cpu.py",
+        ["mesh.data=-1", f"rl.grpo.preset={preset}", f"rl.grpo.num_iterations={iterations}"],
+    )
+    report = preflight.run(cfg, "v5e-8", "grpo")
+    opts = grpo.resolve_options(cfg.rl.grpo, cfg.pipeline.prompt_batch_size)
+    kw, args = seen["kw"], seen["args"]
+    assert kw["beta"] == 0.0 and kw["epsilon"] == opts.epsilon and kw["options"] == opts.loss
+    assert kw["options"].epsilon_high == {"dapo": 0.28, "gspo": 4e-4}[preset]
+    assert kw["options"].loss_agg == {"dapo": "token-mean", "gspo": "seq-mean-token-mean"}[preset]
+    assert args[6] is None  # ref_logp: no reference pass at beta = 0
+    assert (args[5] is None) == (iterations == 1) and kw["first_iteration"] == (iterations == 1)
+    assert ("grpo/logprobs" in report["stages"]) == (iterations > 1)
+    assert report["stages"]["grpo"]["fits"]
 
 
 def test_oom_is_one_error_line(capsys):
