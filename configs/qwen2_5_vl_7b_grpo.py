@@ -25,6 +25,7 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     # Full remat: without it the update needs 251 GiB of temporaries per v5p chip (`r1ov preflight`); the
     # sampler decodes with remat off (nothing to save there).
     cfg.model.remat = True
+    cfg.model.scan_layers = True  # one lax.scan per tower (not the KV-cache decode): minutes to compile
     cfg.mesh.data, cfg.mesh.fsdp = (
         1,
         -1,

@@ -23,6 +23,8 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     # flash kernels bring the step from 36.3 (XLA attention) to 24.5 GiB per chip (`r1ov preflight`).
     cfg.model.attn_impl = "auto"
     cfg.model.remat = True  # "full": keep only each block's input (the 8192-token rows need it)
+    # one lax.scan per tower: compiles in minutes where the unrolled 7B step took ~30 (docs/DESIGN.md)
+    cfg.model.scan_layers = True
     cfg.mesh.data, cfg.mesh.fsdp = 1, -1  # FSDP over every chip: fp32 params + Adam (~133 GB) sharded
     cfg.pipeline.max_pixels = 768 * 768
     cfg.pipeline.seq_len = 8192

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", choices=("sft", "grpo", "all"), default="all")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="skip the extra compiles that count scanned layers' FLOPs (fits and memory are unchanged)",
+    )
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a run directory or HF folder")
     p.add_argument("--model", required=True, help="HF folder or run directory")
@@ -359,7 +364,10 @@ def cmd_demo(args, overrides):
 def cmd_preflight(args, overrides):
     from r1ov_jax import preflight
 
-    return preflight.cli(args.config, overrides, args.topology, stage=args.stage, json_path=args.json)
+    return preflight.cli(
+        args.config, overrides, args.topology, stage=args.stage, json_path=args.json,
+        loop_flops=not args.memory_only,
+    )  # fmt: skip
 
 
 def cmd_serve(args, overrides):

@@ -166,7 +166,9 @@ def model_config_for_target(mc: ml_collections.ConfigDict):
             raise MissingInputError(
                 f"model.hf_path: {path} does not exist (preflight reads only config.json)"
             )
-        return Qwen25VLConfig.from_json(path, dtype=DTYPES[mc.dtype], attn_impl=impl, remat=mc.remat)
+        return Qwen25VLConfig.from_json(
+            path, dtype=DTYPES[mc.dtype], attn_impl=impl, remat=mc.remat, scan_layers=bool(mc.scan_layers)
+        )
     return model_config(mc).replace(attn_impl=impl)
 
 
@@ -527,6 +529,7 @@ class Target:
     model: object
     counts: ParamCounts
     default_device: object  # set while lowering Pallas kernels (Mosaic asks it for the chip generation)
+    loop_flops: bool = True  # with model.scan_layers: compile again to count every scanned block (see below)
 
     def ctx(self):
         from r1ov_jax.sharding import activation_sharding
@@ -553,6 +556,48 @@ def make_target(cfg: ml_collections.ConfigDict, topo: Topology, devices=None) ->
     return Target(topo, mesh, mcfg, rules_for(mcfg, mesh), model, param_counts(model), default)
 
 
+def count_scanned_blocks(
+    rep: PhaseReport, lower_fn, models, target: Target, towers=("text", "vision")
+) -> None:
+    """Adds the scanned blocks XLA's cost model leaves out to ``rep`` (in place).
+
+    The cost model counts a ``while_loop`` body once, and with ``model.scan_layers`` each tower's blocks are one
+    loop. Compiling again with one tower's scan unrolled twice puts its block body in the loop twice, so the
+    difference of the two counts is one block (forward, remat recompute and backward, as compiled); ``depth - 1``
+    of them are added to the FLOPs and to the step-time estimate. ``models``: the modules the phase traces
+    (their ``scan_unroll`` is varied); ``towers``: the scans the phase runs.
+    """
+    mc = target.mcfg
+    if not (mc.scan_layers and target.loop_flops and rep.fits):
+        return
+    depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
+    unrolls = {"text": (2, 1), "vision": (1, 2)}
+    add_flops, add_seconds, parts = 0.0, 0.0, []
+    for tower in towers:
+        for m in models:
+            m.set_runtime(scan_unroll=unrolls[tower])
+        try:
+            twice, _ = compile_phase(rep.name, lower_fn, default_device=target.default_device)
+        finally:
+            for m in models:
+                m.set_runtime(scan_unroll=(1, 1))
+        rep.compile_seconds += twice.compile_seconds
+        if not twice.fits:
+            parts.append(f"{tower} block not counted (the x2-unrolled program did not fit)")
+            continue
+        body = max(twice.flops_per_chip - rep.flops_per_chip, 0.0)
+        add_flops += (depths[tower] - 1) * body
+        if rep.est_step_seconds is not None and twice.est_step_seconds is not None:
+            add_seconds += (depths[tower] - 1) * max(twice.est_step_seconds - rep.est_step_seconds, 0.0)
+        parts.append(f"{tower} {body:.3g} x {depths[tower]}")
+    counted = rep.flops_per_chip
+    rep.flops_per_chip += add_flops
+    if rep.est_step_seconds is not None:
+        rep.est_step_seconds += add_seconds
+    note = f"scanned blocks: XLA counted {counted:.3g} FLOP/chip with each loop body once; per block {', '.join(parts)}"
+    rep.note = f"{rep.note}; {note}" if rep.note else note
+
+
 def _image_cap(cfg, geometry) -> int:
     unit = geometry.unit
     return math.ceil(cfg.pipeline.max_pixels / geometry.patch_size**2 / unit) * unit
@@ -570,6 +615,7 @@ def preflight_sft(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             return sft.train_step.lower(target.model, opt, batch)
 
     rep, _ = compile_phase("sft", lower, default_device=target.default_device)
+    count_scanned_blocks(rep, lower, [target.model], target)
     p = cfg.pipeline
     rep.model_flops = analytic_flops(
         "sft", target.mcfg, target.counts, batch=p.batch_size, seq_len=p.seq_len,
@@ -620,9 +666,9 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         eos_ids=(int(t.eos_token_id if t.eos_token_id is not None else 0),), pad_id=int(t.pad_token_id or 0),
     )  # fmt: skip
     key = _sds(jax.eval_shape(lambda: jax.random.key(0)), NamedSharding(mesh, PartitionSpec()))
-    graphdef, state = nnx.split(model)
 
     def lower_rollout():
+        graphdef, state = nnx.split(model)  # here: count_scanned_blocks varies the config in the graphdef
         with target.ctx():
             return sampler._generate_jit.lower(graphdef, state, prompt, key, cfg=sampling, num_samples=group)
 
@@ -654,12 +700,16 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     shape = dict(batch=ps.batch, length=ps.length, patches=ps.patches, group=group, new_tokens=new_tokens,
                  image_cap=_image_cap(cfg, geometry))  # fmt: skip
     phases = []
-    plan = [("rollout", lower_rollout, ref_b + opt_b)]
+    # (phase, lower, bytes resident outside, modules it traces, scanned towers: prefill's text path has a cache)
+    lp_model = logprob_model.policy if isinstance(logprob_model, lora.AdaptersOff) else logprob_model
+    plan = [("rollout", lower_rollout, ref_b + opt_b, [model], ("vision",))]
     if needs_logprobs:
-        plan.append(("logprobs", lower_logprobs, (policy_b if ref is not None else ref_b) + opt_b))
-    plan.append(("update", lower_update, ref_b))
-    for name, lower, outside in plan:
+        outside = (policy_b if ref is not None else ref_b) + opt_b
+        plan.append(("logprobs", lower_logprobs, outside, [lp_model], ("text", "vision")))
+    plan.append(("update", lower_update, ref_b, [model], ("text", "vision")))
+    for name, lower, outside, traced, towers in plan:
         rep, _ = compile_phase(name, lower, default_device=target.default_device)
+        count_scanned_blocks(rep, lower, traced, target, towers)
         rep.resident_outside = outside
         if name == "update":
             rep.model_flops = analytic_flops(
@@ -687,9 +737,10 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         rollout.flops_per_chip = _rollout_flops(counted, body / target.topo.chips, new_tokens)
         if rollout.est_step_seconds is not None and counted:
             rollout.est_step_seconds *= rollout.flops_per_chip / counted
-        rollout.note = (
+        decode = (
             f"decode while_loop counted once by XLA ({counted:.3g} FLOP/chip); scaled to {new_tokens} steps"
         )
+        rollout.note = f"{rollout.note}; {decode}" if rollout.note else decode
     warning = ""
     if not ps.static:
         warning = (
@@ -733,17 +784,26 @@ def _phase_json(r: PhaseReport, topo: Topology) -> dict:
     return out
 
 
-def run(cfg: ml_collections.ConfigDict, topology: str, stage: str = "all", devices=None) -> dict:
-    """The preflight report (the ``--json`` document) of ``cfg`` on ``topology``."""
+def run(
+    cfg: ml_collections.ConfigDict,
+    topology: str,
+    stage: str = "all",
+    devices=None,
+    *,
+    loop_flops: bool = True,
+) -> dict:
+    """The preflight report (the ``--json`` document) of ``cfg`` on ``topology``. ``loop_flops=False`` skips
+    the extra compiles that count scanned blocks (memory and fits are unaffected; FLOPs then undercount)."""
     if stage not in ("sft", "grpo", "all"):
         raise InvalidInputError(f"--stage {stage!r}: choose sft, grpo or all")
     topo = parse_topology(topology)
     target = make_target(cfg, topo, devices)
+    target.loop_flops = loop_flops
     mesh = dict(target.mesh.shape)
     report = {
         "topology": topo.name, "chips": topo.chips, "hbm_bytes_per_chip": topo.hbm_bytes,
         "device_kind": topo.generation.device_kind, "peak_flops_per_chip": topo.generation.peak_flops,
-        "mesh": mesh, "remat": target.mcfg.remat, "attn_impl": target.mcfg.attn_impl,
+        "mesh": mesh, "remat": target.mcfg.remat, "scan_layers": target.mcfg.scan_layers, "attn_impl": target.mcfg.attn_impl,
         "attn_impl_config": cfg.model.attn_impl,
         "params": dataclasses.asdict(target.counts) | {"total": target.counts.total},
         "stages": {}, "distinct_compiled_shapes": {}, "warnings": [],
@@ -762,6 +822,8 @@ def run(cfg: ml_collections.ConfigDict, topology: str, stage: str = "all", devic
             )
             report["stages"][name]["per_chip_rows"] = rows
             report["stages"][name]["grad_accum"] = int(cfg.sft.optim.grad_accum)
+            (r,) = res["phases"]
+            report["stages"][name].update(compile_seconds=round(r.compile_seconds, 1), note=r.note)
         else:
             for r in res["phases"]:
                 report["stages"][f"grpo/{r.name}"] = _phase_json(r, topo)
@@ -785,7 +847,8 @@ def format_report(report: dict, config_name: str = "") -> str:
         f"preflight {config_name} on {topo.name}: {topo.chips} chips {gen.device_kind} ({topo.topology_name}), "
         f"{topo.hbm_bytes / GiB:.2f} GiB HBM and {gen.peak_flops / 1e12:.0f} TFLOP/s bf16 per chip",
         f"model {p['total'] / 1e9:.2f} B params (decoder {p['text'] / 1e9:.2f} B, LM head {p['head'] / 1e9:.2f} B, "
-        f"vision {p['vision'] / 1e9:.2f} B); mesh {report['mesh']}; remat {report['remat']}; attention "
+        f"vision {p['vision'] / 1e9:.2f} B); mesh {report['mesh']}; remat {report['remat']}; "
+        f"{'scanned' if report.get('scan_layers') else 'unrolled'} layers; attention "
         + report["attn_impl"]
         + (" (attn_impl auto -> pallas on TPU)" if report["attn_impl_config"] == "auto" else ""),
         "",
@@ -862,7 +925,10 @@ def public_report(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
-def cli(config_path, overrides, topology: str, *, stage: str = "all", json_path: str | None = None) -> int:
+def cli(
+    config_path, overrides, topology: str, *, stage: str = "all", json_path: str | None = None,
+    loop_flops: bool = True,
+) -> int:  # fmt: skip
     """``r1ov preflight``: prints the table, writes ``--json``; a config that does not fit raises one
     ``InvalidInputError`` line (exit 2)."""
     from r1ov_jax.config_utils import load_config
@@ -870,7 +936,7 @@ def cli(config_path, overrides, topology: str, *, stage: str = "all", json_path:
     if not config_path:
         raise InvalidInputError("r1ov preflight needs --config FILE")
     cfg = load_config(config_path, overrides)
-    report = run(cfg, topology, stage)
+    report = run(cfg, topology, stage, loop_flops=loop_flops)
     print(format_report(report, config_path))
     sys.stdout.flush()
     if json_path:

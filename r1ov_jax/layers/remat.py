@@ -46,3 +46,13 @@ def remat(fn, name: str):
     if name == "none":
         return fn
     return nnx.remat(fn, policy=_policy(name))
+
+
+def checkpoint_fn(fn, name: str):
+    """A pure function (e.g. a ``lax.scan`` step) wrapped in ``jax.checkpoint`` with the named policy.
+
+    ``prevent_cse=False``: inside a scan the loop already keeps XLA from merging the recomputation with the
+    forward, and the CSE barriers would only cost speed (the JAX docs' advice for scanned remat)."""
+    if name == "none":
+        return fn
+    return jax.checkpoint(fn, policy=_policy(name), prevent_cse=False)

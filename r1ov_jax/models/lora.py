@@ -179,7 +179,8 @@ def apply_lora(model: nnx.Module, spec: LoraSpec, *, seed: int = 0) -> nnx.Modul
     model = nnx.clone(model)
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     # remat/scan-free first call: adapters are created eagerly, outside any nnx transform
-    remat, model.cfg = model.cfg.remat, model.cfg.replace(remat="none")
+    runtime = dict(remat=model.cfg.remat, scan_layers=model.cfg.scan_layers)
+    model.cfg = model.cfg.replace(remat="none", scan_layers=False)
     for tower in TOWERS:
         rules = _tower_rules(spec, model, paths, tower)
         if not rules:
@@ -189,7 +190,7 @@ def apply_lora(model: nnx.Module, spec: LoraSpec, *, seed: int = 0) -> nnx.Modul
         args, kw = _tower_inputs(model, tower)
         provider = qwix.LoraProvider(rules)
         setattr(model, tower, qwix.apply_lora_to_model(sub, provider, *args, rngs=rngs, **kw))
-    model.cfg = model.cfg.replace(remat=remat)
+    model.cfg = model.cfg.replace(**runtime)
     for tower in TOWERS:
         getattr(model, tower).cfg = model.cfg
     _name_adapter_axes(model)

@@ -27,6 +27,7 @@ def default_model_config() -> ml_collections.ConfigDict:
             param_dtype="float32",
             attn_impl="xla",
             remat=False,
+            scan_layers=False,
             text=ml_collections.ConfigDict(),
             vision=ml_collections.ConfigDict(),
             lora=default_lora_config(),
@@ -105,8 +106,9 @@ def model_config(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = No
             vision_end_token_id=tokenizer.vision_end_id,
         )
     return cfg.replace(
-        text=text, vision=vision, dtype=DTYPES[mc.dtype], attn_impl=mc.attn_impl, remat=mc.remat, **ids
-    )
+        text=text, vision=vision, dtype=DTYPES[mc.dtype], attn_impl=mc.attn_impl, remat=mc.remat,
+        scan_layers=bool(mc.scan_layers), **ids,
+    )  # fmt: skip
 
 
 def build_model(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Qwen25VL:
@@ -119,7 +121,7 @@ def build_model(mc: ml_collections.ConfigDict, tokenizer: Tokenizer | None = Non
             param_dtype=DTYPES[mc.param_dtype],
             attn_impl=mc.attn_impl,
             remat=mc.remat,
-        )
+        ).set_runtime(scan_layers=bool(mc.scan_layers))
     else:
         model = Qwen25VL(model_config(mc, tokenizer), rngs=nnx.Rngs(mc.init_seed))
     return with_adapters(model, mc)

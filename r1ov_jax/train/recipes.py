@@ -139,6 +139,7 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     mesh = make_mesh_if_needed(cfg)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
+        loaded.model.set_runtime(scan_layers=bool(cfg.model.scan_layers))
         model, tok = with_adapters(loaded.model, cfg.model), loaded.tokenizer or load_tokenizer(cfg)
     else:
         tok = load_tokenizer(cfg)

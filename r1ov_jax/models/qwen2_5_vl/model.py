@@ -40,6 +40,13 @@ class Qwen25VL(nnx.Module):
                 rngs=rngs,
             )
 
+    def set_runtime(self, **options) -> "Qwen25VL":
+        """Changes runtime options of the config (``remat``, ``scan_layers``, ``attn_impl`` is fixed per layer)
+        on the model and both towers, in place; the weights are untouched."""
+        cfg = self.cfg.replace(**options)
+        self.cfg = self.language_model.cfg = self.visual.cfg = cfg
+        return self
+
     # ------------------------------------------------------------------ host-side preparation
     def prepare_inputs(
         self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None, position_ids=None

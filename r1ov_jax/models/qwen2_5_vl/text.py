@@ -14,6 +14,7 @@ from flax import nnx
 
 from r1ov_jax.layers.attention import attention, make_mask, resolve_impl
 from r1ov_jax.layers.remat import remat
+from r1ov_jax.layers.scan import scan_blocks
 from r1ov_jax.layers.basic import Dense, Embed, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
@@ -31,7 +32,8 @@ class KVCache(NamedTuple):
 class DecoderOutput(NamedTuple):
     hidden: jax.Array  # final-normed hidden states [b, L, H] (what the logits are computed from)
     cache: KVCache | None  # the updated cache when one was passed
-    layer_outputs: tuple  # the embeddings, then each layer's output (not normed): transformers' hidden_states
+    # the embeddings, then each layer's output (not normed): transformers' hidden_states; () with scan_layers
+    layer_outputs: tuple
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax.Array, jax.Array]:
@@ -167,6 +169,14 @@ class TextModel(nnx.Module):
             else:
                 q_pos = jnp.broadcast_to(cache.index + jnp.arange(length, dtype=jnp.int32), (b, length))
                 mask = make_mask(segments, kv_segments, causal=True, q_positions=q_pos)
+        if cache is None and self.cfg.scan_layers:  # one compiled block body (layer outputs not recorded)
+
+            def block(layer, h, _):
+                h, _ = layer(h, cos, sin, segments, None, mask)
+                return constrain(h, ("batch", "length", "act_embed"))
+
+            x = scan_blocks(list(self.layers), block, x, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[0])
+            return DecoderOutput(self.norm(x), None, ())
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i], kv_segments, cache.index)
             # remat only pays off for a backward pass; with a KV cache (prefill/decode, inside the sampler's

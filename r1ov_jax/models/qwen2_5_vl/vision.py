@@ -18,6 +18,7 @@ from flax import nnx
 
 from r1ov_jax.layers.attention import attention
 from r1ov_jax.layers.remat import remat
+from r1ov_jax.layers.scan import scan_blocks
 from r1ov_jax.layers.basic import Dense, GatedMLP, RMSNorm, apply_rope
 from r1ov_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from r1ov_jax.sharding.rules import constrain
@@ -121,8 +122,8 @@ class VisionTower(nnx.Module):
 
         Returns:
           (``[B, P / merge**2, out_hidden]`` merged features per row, in raster order per image, images in token
-          order; the list of block outputs, window-permuted as transformers records them). Without a row axis in
-          the inputs, none in the outputs.
+          order; the list of block outputs, window-permuted as transformers records them, empty with
+          ``scan_layers``). Without a row axis in the inputs, none in the outputs.
         """
         single = pixel_values.ndim == 2
         if single:
@@ -138,7 +139,17 @@ class VisionTower(nnx.Module):
         cos, sin = self.rope(geometry["rope_positions"])
         hidden = []
         full_ids = set(v.fullatt_block_indexes)
-        for i, block in enumerate(self.blocks):
+        if self.cfg.scan_layers:  # one compiled block body; the full-attention blocks pick their segment ids
+
+            def step(block, h, is_full):
+                segments = jnp.where(is_full, geometry["full_segments"], geometry["window_segments"])
+                return constrain(block(h, cos, sin, segments), ("batch", "patches", "act_embed"))
+
+            is_full = jnp.asarray([i in full_ids for i in range(len(self.blocks))])
+            x = scan_blocks(
+                list(self.blocks), step, x, is_full, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[1]
+            )
+        for i, block in enumerate(self.blocks if not self.cfg.scan_layers else ()):
             segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
             x = remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments)
             x = constrain(x, ("batch", "patches", "act_embed"))
