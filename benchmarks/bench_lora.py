@@ -9,11 +9,11 @@ demo model, each against full fine-tuning measured in the same run.
 fine-tuning, LoRA rank 8 and QLoRA (int8, nf4) on the default decoder targets, variants in alternation over
 ``--rounds`` so that load drift hits all alike; medians after a compile step; ratio vs full fine-tuning.
 
-``preflight``: a full-depth 7B compile takes 30-60 min on a 2-core host, so this compiles the recipes
-(configs/qwen2_5_vl_7b_sft.py / _grpo.py with the v5e-8 batch of their LoRA versions, and the LoRA configs
-themselves) with ``--depths`` decoder layers and extrapolates each byte count linearly to the 28 layers of
-the 7B (per-layer parameters, optimizer state and remat'd block inputs are each linear in depth). Check the
-extrapolation against one full-depth ``r1ov preflight`` (launch/README.md gives both).
+``preflight``: compiles the 7B recipes (configs/qwen2_5_vl_7b_lora_sft.py / _grpo.py, and the same shapes,
+mesh and batch with the adapters off = full fine-tuning) at full depth with ``model.scan_layers`` (a few minutes
+per program on 2 cores; memory only, no FLOP-counting compiles). ``--depths D0 D1`` instead compiles unrolled
+models of D0 and D1 decoder layers and extrapolates each byte count linearly to the 7B's 28 (per-layer
+parameters, optimizer state and remat'd block inputs are each linear in depth), for checking the scan.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def cpu_bench(steps: int, rounds: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- preflight
-def recipe(stage: str, variant, depth: int | None):
+def recipe(stage: str, variant, depth: int | None = None):
     from r1ov_jax.config_utils import load_config
 
     cfg = load_config(os.path.join(ROOT, "configs", f"qwen2_5_vl_7b_lora_{stage}.py"))
@@ -111,7 +111,30 @@ def recipe(stage: str, variant, depth: int | None):
         cfg.model.lora.update(variant)
     if depth is not None:
         cfg.model.text.num_hidden_layers = depth
+        cfg.model.scan_layers = False
     return cfg
+
+
+def preflight_full_depth(stages, topology: str) -> None:
+    from r1ov_jax import preflight
+
+    print(f"7B per-chip bytes on {topology}, full depth, scanned layers (GiB; 'temp' = XLA temporaries, 'other' "
+          "= state resident outside the program; GRPO: the phase that peaks)")  # fmt: skip
+    print("| stage (peak phase) | variant | args | out | temp | other | total | HBM | fits | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for stage in stages:
+        for name, variant in PREFLIGHT_VARIANTS.items():
+            t0 = time.perf_counter()
+            report = preflight.run(recipe(stage, variant), topology, stage, loop_flops=False)
+            secs = time.perf_counter() - t0
+            phases = [k for k in report["stages"] if k.startswith(stage + "/")] or [stage]
+            peak = max(phases, key=lambda k: report["stages"][k]["bytes_per_chip"]["total"])
+            b = {k: v / preflight.GiB for k, v in report["stages"][peak]["bytes_per_chip"].items() if v}
+            fits = report["stages"][stage]["fits"]
+            print(f"| {peak} | {name} | {b.get('arguments', 0):.2f} | {b.get('outputs', 0):.2f} | "
+                  f"{b.get('temporaries', 0):.2f} | {b.get('resident_outside', 0):.2f} | {b.get('total', 0):.2f} | "
+                  f"{report['hbm_bytes_per_chip'] / preflight.GiB:.0f} | {'yes' if fits else 'NO'} | {secs:.0f} |",
+                  flush=True)  # fmt: skip
 
 
 def preflight_bench(stages, depths, topology: str) -> None:
@@ -155,13 +178,15 @@ def main(argv=None):
     c.add_argument("--rounds", type=int, default=3)
     p = sub.add_parser("preflight")
     p.add_argument("--stages", nargs="*", default=["sft", "grpo"])
-    p.add_argument("--depths", nargs=2, type=int, default=[2, 4])
+    p.add_argument("--depths", nargs=2, type=int, default=None, help="unrolled depths to extrapolate from")
     p.add_argument("--topology", default="v5e-8")
     args = ap.parse_args(argv)
     if args.what == "cpu":
         cpu_bench(args.steps, args.rounds)
-    else:
+    elif args.depths:
         preflight_bench(args.stages, args.depths, args.topology)
+    else:
+        preflight_full_depth(args.stages, args.topology)
 
 
 if __name__ == "__main__":

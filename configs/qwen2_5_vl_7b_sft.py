@@ -20,7 +20,7 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     cfg.model.dtype = "bfloat16"  # compute; params stay fp32 for the optimizer
     cfg.model.param_dtype = "float32"
     # "auto": the Pallas flash kernels on TPU/GPU (under shard_map on the mesh), XLA on CPU. On a v5p-64 the
-    # flash kernels bring the step from 36.3 (XLA attention) to 24.5 GiB per chip (`r1ov preflight`).
+    # flash kernels bring the unrolled step from 36.3 (XLA attention) to 24.5 GiB per chip (`r1ov preflight`).
     cfg.model.attn_impl = "auto"
     cfg.model.remat = True  # "full": keep only each block's input (the 8192-token rows need it)
     # one lax.scan per tower: compiles in minutes where the unrolled 7B step took ~30 (docs/DESIGN.md)
@@ -29,7 +29,7 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     cfg.pipeline.max_pixels = 768 * 768
     cfg.pipeline.seq_len = 8192
     # The paper's global batch of 128 = 32 rows per step x 4 accumulated micro-steps: one 8192-token row per
-    # chip on a v5p-64 (32 chips); `r1ov preflight`: 24.5 of the 95.74 GiB per chip.
+    # chip on a v5p-64 (32 chips); `r1ov preflight`: 16.3 of the 95.74 GiB per chip (Pallas, scanned layers).
     cfg.pipeline.batch_size = 32  # global rows per micro-step; split over processes and the mesh's data axes
     cfg.pipeline.max_patches = (
         8192  # per row: two images at the 768x768 cap (3009 patches each) and more small ones

@@ -20,9 +20,10 @@ def report(tmp_path, *overrides, stage="grpo"):
 
 
 def test_lora_grpo_fits_and_reference_has_no_weights(tmp_path):
-    full = report(tmp_path)["stages"]
+    paper = "--config.rl.grpo.preset=grpo"  # beta > 0: there is a reference pass (the tiny config's dapo has none)
+    full = report(tmp_path, paper)["stages"]
     # two minibatches: the update compiles on one (half the prompts), FLOPs counted for both
-    lora = report(tmp_path, "--config.model.lora.rank=8", "--config.rl.grpo.num_minibatches=2")["stages"]
+    lora = report(tmp_path, paper, "--config.model.lora.rank=8", "--config.rl.grpo.num_minibatches=2")["stages"]
     assert "one minibatch of 2 prompts" in lora["grpo/update"]["note"], lora["grpo/update"]["note"]
     for name in ("grpo/rollout", "grpo/logprobs", "grpo/update"):
         assert lora[name]["fits"], name

@@ -85,3 +85,18 @@ def test_sampler_and_decoder_cache_path_unchanged():
     np.testing.assert_array_equal(
         generate(scanned, inputs, 0, cfg).tokens, generate(plain, inputs, 0, cfg).tokens
     )
+
+
+def test_scanned_lora_in_bf16_keeps_the_compute_dtype():
+    """fp32 adapters on a bf16 model would promote the residual stream: each block's output is cast back to the
+    compute dtype (a scan's carry must keep its type), scanned and unrolled alike."""
+    import jax.numpy as jnp
+
+    spec = lora.LoraSpec(rank=4, alpha=8.0, targets=lora.DECODER_TARGETS + lora.VISION_TARGETS)
+    model = lora.apply_lora(Qwen25VL(tiny(dtype=jnp.bfloat16), rngs=nnx.Rngs(0)), spec, seed=1)
+    scanned = nnx.clone(model).set_runtime(scan_layers=True)
+    batch = _batch(model)
+    inputs = {k: v for k, v in batch.items() if k != "loss_mask"}
+    h0, h1 = (m.decoder_outputs(**inputs).hidden for m in (model, scanned))
+    assert h0.dtype == h1.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(h1, np.float32), np.asarray(h0, np.float32), atol=2e-2, rtol=2e-2)

@@ -172,8 +172,8 @@ class TextModel(nnx.Module):
         if cache is None and self.cfg.scan_layers:  # one compiled block body (layer outputs not recorded)
 
             def block(layer, h, _):
-                h, _ = layer(h, cos, sin, segments, None, mask)
-                return constrain(h, ("batch", "length", "act_embed"))
+                out, _ = layer(h, cos, sin, segments, None, mask)
+                return constrain(out.astype(h.dtype), ("batch", "length", "act_embed"))
 
             x = scan_blocks(list(self.layers), block, x, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[0])
             return DecoderOutput(self.norm(x), None, ())
@@ -182,8 +182,10 @@ class TextModel(nnx.Module):
             # remat only pays off for a backward pass; with a KV cache (prefill/decode, inside the sampler's
             # while_loop, where nnx.remat cannot trace) the block runs as is
             call = remat(type(layer).__call__, self.cfg.remat if cache is None else "none")
-            x, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
-            x = constrain(x, ("batch", "length", "act_embed"))  # block boundary: pin the activation layout
+            out, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
+            # block boundary: pin the activation layout; the residual stream stays in the compute dtype (fp32
+            # LoRA adapters would otherwise promote it)
+            x = constrain(out.astype(x.dtype), ("batch", "length", "act_embed"))
             hidden.append(x)
             if lc is not None:
                 new_k.append(lc[0])

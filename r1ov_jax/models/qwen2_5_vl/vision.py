@@ -143,7 +143,7 @@ class VisionTower(nnx.Module):
 
             def step(block, h, is_full):
                 segments = jnp.where(is_full, geometry["full_segments"], geometry["window_segments"])
-                return constrain(block(h, cos, sin, segments), ("batch", "patches", "act_embed"))
+                return constrain(block(h, cos, sin, segments).astype(h.dtype), ("batch", "patches", "act_embed"))
 
             is_full = jnp.asarray([i in full_ids for i in range(len(self.blocks))])
             x = scan_blocks(
@@ -151,8 +151,8 @@ class VisionTower(nnx.Module):
             )
         for i, block in enumerate(self.blocks if not self.cfg.scan_layers else ()):
             segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
-            x = remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments)
-            x = constrain(x, ("batch", "patches", "act_embed"))
+            out = remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments)
+            x = constrain(out.astype(x.dtype), ("batch", "patches", "act_embed"))  # compute dtype (fp32 LoRA)
             hidden.append(x)
         merged = jnp.take_along_axis(self.merger(x), geometry["reverse_index"][:, :, None], axis=1)
         if single:
