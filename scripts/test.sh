@@ -9,7 +9,8 @@ export JAX_PLATFORMS=cpu
 python -m ruff check r1ov_jax kernels configs benchmarks tests || { echo "ruff found errors" >&2; exit 1; }
 python -m ruff format --check r1ov_jax kernels configs benchmarks tests \
   || { echo "unformatted code: run 'ruff format r1ov_jax kernels configs benchmarks tests'" >&2; exit 1; }
-python -m pytest -q "$@"
+# Two workers by default (R1OV_TEST_WORKERS=0: one process); whole files per worker so module fixtures run once.
+python -m pytest -q -n "${R1OV_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
 exit "$rc"

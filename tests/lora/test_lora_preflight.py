@@ -23,7 +23,9 @@ def test_lora_grpo_fits_and_reference_has_no_weights(tmp_path):
     paper = "--config.rl.grpo.preset=grpo"  # beta > 0: there is a reference pass (the tiny config's dapo has none)
     full = report(tmp_path, paper)["stages"]
     # two minibatches: the update compiles on one (half the prompts), FLOPs counted for both
-    lora = report(tmp_path, paper, "--config.model.lora.rank=8", "--config.rl.grpo.num_minibatches=2")["stages"]
+    lora = report(tmp_path, paper, "--config.model.lora.rank=8", "--config.rl.grpo.num_minibatches=2")[
+        "stages"
+    ]
     assert "one minibatch of 2 prompts" in lora["grpo/update"]["note"], lora["grpo/update"]["note"]
     for name in ("grpo/rollout", "grpo/logprobs", "grpo/update"):
         assert lora[name]["fits"], name
@@ -37,7 +39,7 @@ def test_lora_grpo_fits_and_reference_has_no_weights(tmp_path):
     )
 
 
-@pytest.mark.parametrize("qtype", ["int8", "nf4"])
+@pytest.mark.parametrize("qtype", ["nf4"])  # int8 takes the same path (tests/lora/test_lora.py runs both)
 def test_qlora_sft_fits(tmp_path, qtype):
     stages = report(
         tmp_path, "--config.model.lora.rank=8", f"--config.model.lora.base_qtype={qtype}", stage="sft"

@@ -39,7 +39,7 @@ def _twins(remat="none", spec=None):
     return model, scanned
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots_no_batch"])
+@pytest.mark.parametrize("remat", ["none", "full"])
 def test_scanned_equals_unrolled(remat):
     plain, scanned = _twins(remat)
     assert plain.cfg.vision.fullatt_block_indexes and not plain.cfg.scan_layers and scanned.cfg.scan_layers

@@ -143,7 +143,9 @@ class VisionTower(nnx.Module):
 
             def step(block, h, is_full):
                 segments = jnp.where(is_full, geometry["full_segments"], geometry["window_segments"])
-                return constrain(block(h, cos, sin, segments).astype(h.dtype), ("batch", "patches", "act_embed"))
+                return constrain(
+                    block(h, cos, sin, segments).astype(h.dtype), ("batch", "patches", "act_embed")
+                )
 
             is_full = jnp.asarray([i in full_ids for i in range(len(self.blocks))])
             x = scan_blocks(
