@@ -59,9 +59,6 @@ def main(argv=None):
                 try:
                     cfg = load_config(path, overrides)
                     report = preflight.run(cfg, topo, stage, loop_flops=not args.memory_only)
-                    if args.memory_only and cfg.model.scan_layers:  # loop bodies counted once: not a figure
-                        for s in report["stages"].values():
-                            s.update(flops_ratio=None, est_step_seconds=None, est_mfu=None)
                 except UserError as e:
                     print(f"| {size} | {stage} | {topo} | error: {e} |||||||", flush=True)
                     continue

@@ -568,7 +568,12 @@ def count_scanned_blocks(
     (their ``scan_unroll`` is varied); ``towers``: the scans the phase runs.
     """
     mc = target.mcfg
-    if not (mc.scan_layers and target.loop_flops and rep.fits):
+    if not (mc.scan_layers and rep.fits):
+        return
+    if not target.loop_flops:  # what XLA counted would be a fraction of the step: report none
+        rep.flops_per_chip, rep.est_step_seconds = 0.0, None
+        note = "FLOPs and time not counted (--memory-only; XLA counts each scanned loop body once)"
+        rep.note = f"{rep.note}; {note}" if rep.note else note
         return
     depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
     unrolls = {"text": (2, 1), "vision": (1, 2)}
@@ -728,7 +733,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
         phases.append(rep)
     rollout = phases[0]
-    if rollout.fits:
+    if rollout.fits and rollout.flops_per_chip:  # (no count under --memory-only with scanned layers)
         # Scale the once-counted decode body: one decode step's analytic share per chip, times the ratio the
         # prefill shows between compiled and analytic counts, approximated by 1 (dense matmuls dominate).
         body = (analytic_flops("rollout", target.mcfg, target.counts, **{**shape, "new_tokens": 1})
@@ -756,7 +761,8 @@ def stage_summary(phases: list[PhaseReport], topo: Topology) -> dict:
     """JSON entry of a stage (GRPO: the peak phase's bytes, FLOPs and times summed over the phases)."""
     peak = max(phases, key=lambda r: r.total)
     fits = all(r.fits for r in phases) and peak.total <= topo.hbm_bytes
-    flops = sum(r.flops_per_chip for r in phases)
+    # a phase without a FLOP count (--memory-only with scanned layers) leaves the stage without one
+    flops = sum(r.flops_per_chip for r in phases) if all(r.flops_per_chip for r in phases) else 0.0
     model_flops = sum(r.model_flops for r in phases)
     est = None if any(r.est_step_seconds is None for r in phases) else sum(r.est_step_seconds for r in phases)
     return {
@@ -866,12 +872,12 @@ def format_report(report: dict, config_name: str = "") -> str:
         est = f"{s['est_step_seconds']:.3g}" if s["est_step_seconds"] else "-"
         mfu = f"{100 * s['est_mfu']:.0f}%" if s["est_mfu"] else "-"
         mf = s["model_flops_per_chip"] / 1e12
-        cf = s["flops_per_chip"] / 1e12
+        cf = f"{s['flops_per_chip'] / 1e12:.3g}" if s["flops_per_chip"] else "-"
         if phase is not None and not phase.fits:
             return (f"{name:<15}{'':>8}{'':>8}{'':>8}{_gib(other):>8}{_gib(phase.total):>8}{hbm:>8}  {'NO':<5}"
                     f"{'-':>11}{mf:>8.3g}{'-':>7}{'-':>9}{'-':>7}  (compile: out of HBM)")  # fmt: skip
         return (f"{name:<15}{_gib(b['arguments']):>8}{_gib(b['outputs']):>8}{_gib(b['temporaries']):>8}"
-                f"{_gib(other):>8}{_gib(b['total']):>8}{hbm:>8}  {fits:<5}{cf:>11.3g}{mf:>8.3g}{ratio:>7}{est:>9}"
+                f"{_gib(other):>8}{_gib(b['total']):>8}{hbm:>8}  {fits:<5}{cf:>11}{mf:>8.3g}{ratio:>7}{est:>9}"
                 f"{mfu:>7}")  # fmt: skip
 
     notes = []

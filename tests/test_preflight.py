@@ -125,6 +125,17 @@ def test_scanned_blocks_counted_like_unrolled():
     assert "scanned blocks" in reps[True].note and not reps[False].note
 
 
+def test_memory_only_reports_no_partial_flops():
+    cfg = load_config("configs/tiny_cpu.py", ["model.scan_layers=True"])
+    mcfg = preflight.model_config_for_target(cfg.model)
+    target = preflight.Target(None, None, mcfg, {}, None, None, None, loop_flops=False)
+    rep = preflight.PhaseReport("sft", True, flops_per_chip=5e9, est_step_seconds=0.1)
+    preflight.count_scanned_blocks(rep, None, [], target)  # no compile: nothing is counted
+    assert (rep.flops_per_chip, rep.est_step_seconds) == (0.0, None) and "--memory-only" in rep.note
+    s = preflight.stage_summary([rep], preflight.parse_topology("v5e-8"))
+    assert s["flops_ratio"] is None and s["est_mfu"] is None
+
+
 def test_oom_is_one_error_line(capsys):
     """A config far beyond the chip's HBM: exit code 2, one `error:` line with required vs available bytes."""
     rc = main(["preflight", *TINY, "--topology", "v5e-8", "--stage", "sft",
@@ -188,5 +199,6 @@ def test_paper_7b_sft_fits_v5p64(tmp_path):
     s = report["stages"]["sft"]
     assert s["fits"], preflight.format_report(report)
     assert s["bytes_per_chip"]["total"] < report["hbm_bytes_per_chip"]
+    assert s["flops_ratio"] is None and "not counted" in s["note"]  # memory only: no partial FLOP figure
     assert cfg.pipeline.batch_size * cfg.sft.optim.grad_accum == 128  # the paper's global batch
     assert jax.device_count() >= 1  # compiled without touching a TPU
