@@ -454,6 +454,9 @@ class PhaseReport:
     compile_seconds: float = 0.0
     note: str = ""
 
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
+
     @property
     def total(self) -> int:
         if self.required:
@@ -572,8 +575,7 @@ def count_scanned_blocks(
         return
     if not target.loop_flops:  # what XLA counted would be a fraction of the step: report none
         rep.flops_per_chip, rep.est_step_seconds = 0.0, None
-        note = "FLOPs and time not counted (--memory-only; XLA counts each scanned loop body once)"
-        rep.note = f"{rep.note}; {note}" if rep.note else note
+        rep.add_note("FLOPs and time not counted (--memory-only; XLA counts each scanned loop body once)")
         return
     depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
     unrolls = {"text": (2, 1), "vision": (1, 2)}
@@ -599,8 +601,8 @@ def count_scanned_blocks(
     rep.flops_per_chip += add_flops
     if rep.est_step_seconds is not None:
         rep.est_step_seconds += add_seconds
-    note = f"scanned blocks: XLA counted {counted:.3g} FLOP/chip with each loop body once; per block {', '.join(parts)}"
-    rep.note = f"{rep.note}; {note}" if rep.note else note
+    rep.add_note(f"scanned blocks: XLA counted {counted:.3g} FLOP/chip with each loop body once; per block "
+                 f"{', '.join(parts)}")  # fmt: skip
 
 
 def _image_cap(cfg, geometry) -> int:
@@ -626,7 +628,8 @@ def preflight_sft(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         "sft", target.mcfg, target.counts, batch=p.batch_size, seq_len=p.seq_len,
         patches=int(p.max_patches or 0), image_cap=_image_cap(cfg, geometry),
     )  # fmt: skip
-    rep.note = rep.note or f"grad_accum={cfg.sft.optim.grad_accum}: one optimizer update per that many steps"
+    if rep.fits:  # (a scanned step's note already holds the block count)
+        rep.add_note(f"grad_accum={cfg.sft.optim.grad_accum}: one optimizer update per that many steps")
     return {"phases": [rep], "shapes": 1, "warning": ""}
 
 
@@ -706,11 +709,10 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
                  image_cap=_image_cap(cfg, geometry))  # fmt: skip
     phases = []
     # (phase, lower, bytes resident outside, modules it traces, scanned towers: prefill's text path has a cache)
-    lp_model = logprob_model.policy if isinstance(logprob_model, lora.AdaptersOff) else logprob_model
     plan = [("rollout", lower_rollout, ref_b + opt_b, [model], ("vision",))]
     if needs_logprobs:
         outside = (policy_b if ref is not None else ref_b) + opt_b
-        plan.append(("logprobs", lower_logprobs, outside, [lp_model], ("text", "vision")))
+        plan.append(("logprobs", lower_logprobs, outside, [logprob_model], ("text", "vision")))
     plan.append(("update", lower_update, ref_b, [model], ("text", "vision")))
     for name, lower, outside, traced, towers in plan:
         rep, _ = compile_phase(name, lower, default_device=target.default_device)
@@ -728,7 +730,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
                     rep.est_step_seconds *= updates
                 scaled = (f"update compiled on one minibatch of {mb_ps.batch} prompts x G={group}; FLOPs and "
                           f"time x {updates} updates per step")  # fmt: skip
-                rep.note = f"{rep.note}; {scaled}" if rep.note else scaled
+                rep.add_note(scaled)
         else:
             rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
         phases.append(rep)
@@ -742,10 +744,9 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         rollout.flops_per_chip = _rollout_flops(counted, body / target.topo.chips, new_tokens)
         if rollout.est_step_seconds is not None and counted:
             rollout.est_step_seconds *= rollout.flops_per_chip / counted
-        decode = (
+        rollout.add_note(
             f"decode while_loop counted once by XLA ({counted:.3g} FLOP/chip); scaled to {new_tokens} steps"
         )
-        rollout.note = f"{rollout.note}; {decode}" if rollout.note else decode
     warning = ""
     if not ps.static:
         warning = (

@@ -315,6 +315,10 @@ class AdaptersOff(nnx.Module):
     def cfg(self):
         return self.policy.cfg
 
+    def set_runtime(self, **options) -> "AdaptersOff":
+        self.policy.set_runtime(**options)  # one config: the policy's
+        return self
+
     def embed(self, *a, **k):
         return self.base().embed(*a, **k)
 

@@ -54,6 +54,12 @@ def mrope_cos_sin(positions: jax.Array, cfg: Qwen25VLConfig, dtype) -> tuple[jax
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
+def _block_boundary(out, x):
+    """A block's output pinned to the activation layout and kept in the residual stream's (compute) dtype: fp32
+    LoRA adapters would otherwise promote it, and a scan carry must keep its type."""
+    return constrain(out.astype(x.dtype), ("batch", "length", "act_embed"))
+
+
 class TextAttention(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         t = cfg.text
@@ -172,8 +178,7 @@ class TextModel(nnx.Module):
         if cache is None and self.cfg.scan_layers:  # one compiled block body (layer outputs not recorded)
 
             def block(layer, h, _):
-                out, _ = layer(h, cos, sin, segments, None, mask)
-                return constrain(out.astype(h.dtype), ("batch", "length", "act_embed"))
+                return _block_boundary(layer(h, cos, sin, segments, None, mask)[0], h)
 
             x = scan_blocks(list(self.layers), block, x, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[0])
             return DecoderOutput(self.norm(x), None, ())
@@ -183,9 +188,7 @@ class TextModel(nnx.Module):
             # while_loop, where nnx.remat cannot trace) the block runs as is
             call = remat(type(layer).__call__, self.cfg.remat if cache is None else "none")
             out, lc = call(layer, x, cos, sin, segments, layer_cache, mask)
-            # block boundary: pin the activation layout; the residual stream stays in the compute dtype (fp32
-            # LoRA adapters would otherwise promote it)
-            x = constrain(out.astype(x.dtype), ("batch", "length", "act_embed"))
+            x = _block_boundary(out, x)
             hidden.append(x)
             if lc is not None:
                 new_k.append(lc[0])

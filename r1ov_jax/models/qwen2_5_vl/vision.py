@@ -26,6 +26,11 @@ from r1ov_jax.sharding.rules import constrain
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers, not read from the config
 
 
+def _block_boundary(out, x):
+    """A block's output pinned to the activation layout, in the residual stream's dtype (see text.py)."""
+    return constrain(out.astype(x.dtype), ("batch", "patches", "act_embed"))
+
+
 class VisionAttention(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         v = cfg.vision
@@ -143,19 +148,19 @@ class VisionTower(nnx.Module):
 
             def step(block, h, is_full):
                 segments = jnp.where(is_full, geometry["full_segments"], geometry["window_segments"])
-                return constrain(
-                    block(h, cos, sin, segments).astype(h.dtype), ("batch", "patches", "act_embed")
-                )
+                return _block_boundary(block(h, cos, sin, segments), h)
 
             is_full = jnp.asarray([i in full_ids for i in range(len(self.blocks))])
             x = scan_blocks(
                 list(self.blocks), step, x, is_full, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[1]
             )
-        for i, block in enumerate(self.blocks if not self.cfg.scan_layers else ()):
-            segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
-            out = remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments)
-            x = constrain(out.astype(x.dtype), ("batch", "patches", "act_embed"))  # compute dtype (fp32 LoRA)
-            hidden.append(x)
+        else:
+            for i, block in enumerate(self.blocks):
+                segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
+                x = _block_boundary(
+                    remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments), x
+                )
+                hidden.append(x)
         merged = jnp.take_along_axis(self.merger(x), geometry["reverse_index"][:, :, None], axis=1)
         if single:
             return merged[0], [h[0] for h in hidden]
