@@ -1,7 +1,7 @@
 """Preflight table: the paper configs (3B, 7B × SFT, GRPO) compiled deviceless for TPU topologies.
 
     python benchmarks/bench_preflight.py [--sizes 3b 7b] [--stages sft grpo] [--topologies v5p-8 v5p-64 ...]
-        [--json OUT] [--memory-only] [--config.a.b=v ...]
+        [--json OUT] [--memory-only] [--as-shipped] [--config.a.b=v ...]
 
 Per row: per-chip GiB (XLA memory analysis; GRPO: the peak phase incl. the state resident outside it), fits,
 compiled / analytic FLOPs per chip, XLA's cost-model step time and the MFU it implies at the chip's peak bf16
@@ -26,6 +26,22 @@ from r1ov_jax.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGIES = ("v5p-8", "v5p-64", "v5e-256", "v6e-64")
 
+# Per-topology launch recipes for the paper configs, keeping the paper's global batch (SFT: rows x grad_accum
+# = 128; GRPO: 16 prompts x G 8 = 128 completions). The shipped configs are the v5p-64 recipe. Batch rows
+# shard over (data, fsdp): on 256 chips 128 rows need fsdp 128 x tensor 2 (else every chip runs the whole
+# replicated batch). launch/README.md prints these next to the preflight table.
+RECIPES = {
+    ("sft", "v5p-8"): ["pipeline.batch_size=4", "sft.optim.grad_accum=32"],
+    ("sft", "v5e-256"): [
+        "mesh.fsdp=128",
+        "mesh.tensor=2",
+        "pipeline.batch_size=128",
+        "sft.optim.grad_accum=1",
+    ],
+    ("sft", "v6e-64"): ["pipeline.batch_size=64", "sft.optim.grad_accum=2"],
+    ("grpo", "v5e-256"): ["mesh.fsdp=128", "mesh.tensor=2"],
+}
+
 
 def row(size, stage, topo, report):
     s = report["stages"][stage]
@@ -46,6 +62,7 @@ def main(argv=None):
     ap.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
     ap.add_argument("--json", default=None)
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--as-shipped", action="store_true", help="no per-topology recipe overrides (RECIPES)")
     args = ap.parse_args(argv)
     print("| model | stage | topology | mesh d x f x t | GiB/chip (used / HBM) | fits | compiled/analytic FLOPs "
           "| est. step s (XLA) | est. MFU |")  # fmt: skip
@@ -57,7 +74,8 @@ def main(argv=None):
             for topo in args.topologies:
                 t0 = time.perf_counter()
                 try:
-                    cfg = load_config(path, overrides)
+                    recipe = [] if args.as_shipped else RECIPES.get((stage, topo), [])
+                    cfg = load_config(path, recipe + overrides)
                     report = preflight.run(cfg, topo, stage, loop_flops=not args.memory_only)
                 except UserError as e:
                     print(f"| {size} | {stage} | {topo} | error: {e} |||||||", flush=True)
@@ -65,7 +83,11 @@ def main(argv=None):
                 print(
                     row(size, stage, topo, report), f"<!-- {time.perf_counter() - t0:.0f} s -->", flush=True
                 )
-                results.append({"size": size, **preflight.public_report(report)})
+                if recipe:
+                    print(f"<!-- {topo} {stage} recipe: {' '.join('--config.' + o for o in recipe)} -->")
+                results.append(
+                    {"size": size, "overrides": recipe + overrides, **preflight.public_report(report)}
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

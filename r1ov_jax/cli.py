@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-only",
         action="store_true",
-        help="skip the extra compiles that count scanned layers' FLOPs (fits and memory are unchanged)",
+        help="skip the extra compiles that count FLOPs over every loop iteration (no FLOP / time / MFU "
+        "figures; fits and memory are unchanged)",
     )
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a run directory or HF folder")

@@ -484,13 +484,15 @@ def _seconds(value) -> float | None:
     return float(value) if value is not None and value > 0 else None
 
 
-def compile_phase(name: str, lower_fn, *, default_device=None) -> tuple[PhaseReport, object | None]:
+def compile_phase(
+    name: str, lower_fn, *, default_device=None, compiler_options=None
+) -> tuple[PhaseReport, object | None]:
     """Lowers and compiles; an out-of-HBM compile becomes a not-fitting report (other errors propagate)."""
     t0 = time.perf_counter()
     ctx = jax.default_device(default_device) if default_device is not None else contextlib.nullcontext()
     try:
         with ctx:
-            compiled = lower_fn().compile()
+            compiled = lower_fn().compile(compiler_options=compiler_options)
     except NotImplementedError as e:
         if "cannot be automatically partitioned" not in str(e):
             raise
@@ -532,7 +534,7 @@ class Target:
     model: object
     counts: ParamCounts
     default_device: object  # set while lowering Pallas kernels (Mosaic asks it for the chip generation)
-    loop_flops: bool = True  # with model.scan_layers: compile again to count every scanned block (see below)
+    loop_flops: bool = True  # compile again to count every loop iteration (count_flops)
 
     def ctx(self):
         from r1ov_jax.sharding import activation_sharding
@@ -559,50 +561,73 @@ def make_target(cfg: ml_collections.ConfigDict, topo: Topology, devices=None) ->
     return Target(topo, mesh, mcfg, rules_for(mcfg, mesh), model, param_counts(model), default)
 
 
-def count_scanned_blocks(
-    rep: PhaseReport, lower_fn, models, target: Target, towers=("text", "vision")
-) -> None:
-    """Adds the scanned blocks XLA's cost model leaves out to ``rep`` (in place).
+# Options of the FLOP-counting compiles. On large meshes XLA on TPU rewrites an FSDP all-gather (or
+# reduce-scatter) + matmul as a windowed-einsum loop, and the cost model counts a loop body once: on v5p-64 an
+# FSDP [8192, 3584] x [3584, 18944] matmul counts 0.13x its FLOPs (v5p-8 and v5e-256: 1.0x). The memory figures
+# come from the default compile, the program a run executes.
+COUNT_OPTIONS = {
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
 
-    The cost model counts a ``while_loop`` body once, and with ``model.scan_layers`` each tower's blocks are one
-    loop. Compiling again with one tower's scan unrolled twice puts its block body in the loop twice, so the
-    difference of the two counts is one block (forward, remat recompute and backward, as compiled); ``depth - 1``
-    of them are added to the FLOPs and to the step-time estimate. ``models``: the modules the phase traces
-    (their ``scan_unroll`` is varied); ``towers``: the scans the phase runs.
+
+def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("text", "vision")) -> None:
+    """Replaces ``rep``'s FLOP and step-time counts with ones that include every loop iteration (in place).
+
+    XLA's cost model counts a ``while_loop`` body once. The loops a phase runs: XLA's windowed einsums (turned
+    off by ``COUNT_OPTIONS``), the chunked LM-head loss (unrolled: ``head_unroll``) and, with
+    ``model.scan_layers``, one scan per tower. Compiling again with one tower's scan unrolled twice puts its
+    block body in the loop twice, so the difference of the two counts is one block (forward, remat recompute
+    and backward, as compiled); ``depth - 1`` of them are added. ``models``: the modules the phase traces
+    (their runtime options are varied); ``towers``: the scans the phase runs. The sampler's decode loop is
+    scaled by `preflight_grpo`.
     """
-    mc = target.mcfg
-    if not (mc.scan_layers and rep.fits):
+    if not rep.fits:
         return
     if not target.loop_flops:  # what XLA counted would be a fraction of the step: report none
         rep.flops_per_chip, rep.est_step_seconds = 0.0, None
-        rep.add_note("FLOPs and time not counted (--memory-only; XLA counts each scanned loop body once)")
+        rep.add_note("FLOPs and time not counted (--memory-only)")
         return
-    depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
-    unrolls = {"text": (2, 1), "vision": (1, 2)}
-    add_flops, add_seconds, parts = 0.0, 0.0, []
-    for tower in towers:
+    mc = target.mcfg
+
+    def counting_compile(unroll):
         for m in models:
-            m.set_runtime(scan_unroll=unrolls[tower])
+            m.set_runtime(scan_unroll=unroll, head_unroll=True)
         try:
-            twice, _ = compile_phase(rep.name, lower_fn, default_device=target.default_device)
+            r, _ = compile_phase(rep.name, lower_fn, default_device=target.default_device,
+                                 compiler_options=COUNT_OPTIONS)  # fmt: skip
         finally:
             for m in models:
-                m.set_runtime(scan_unroll=(1, 1))
-        rep.compile_seconds += twice.compile_seconds
-        if not twice.fits:
-            parts.append(f"{tower} block not counted (the x2-unrolled program did not fit)")
-            continue
-        body = max(twice.flops_per_chip - rep.flops_per_chip, 0.0)
-        add_flops += (depths[tower] - 1) * body
-        if rep.est_step_seconds is not None and twice.est_step_seconds is not None:
-            add_seconds += (depths[tower] - 1) * max(twice.est_step_seconds - rep.est_step_seconds, 0.0)
-        parts.append(f"{tower} {body:.3g} x {depths[tower]}")
-    counted = rep.flops_per_chip
-    rep.flops_per_chip += add_flops
-    if rep.est_step_seconds is not None:
-        rep.est_step_seconds += add_seconds
-    rep.add_note(f"scanned blocks: XLA counted {counted:.3g} FLOP/chip with each loop body once; per block "
-                 f"{', '.join(parts)}")  # fmt: skip
+                m.set_runtime(scan_unroll=(1, 1), head_unroll=False)
+        rep.compile_seconds += r.compile_seconds
+        return r
+
+    base = counting_compile((1, 1))
+    if not base.fits:
+        rep.add_note(
+            "FLOPs as XLA counted the default program (loops once): the counting compile did not fit"
+        )
+        return
+    flops, seconds, parts = base.flops_per_chip, base.est_step_seconds, []
+    if mc.scan_layers:
+        depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
+        unrolls = {"text": (2, 1), "vision": (1, 2)}
+        for tower in towers:
+            twice = counting_compile(unrolls[tower])
+            if not twice.fits:
+                parts.append(f"{tower} block not counted (the x2-unrolled program did not fit)")
+                continue
+            body = max(twice.flops_per_chip - base.flops_per_chip, 0.0)
+            flops += (depths[tower] - 1) * body
+            if seconds is not None and twice.est_step_seconds is not None:
+                seconds += (depths[tower] - 1) * max(twice.est_step_seconds - base.est_step_seconds, 0.0)
+            parts.append(f"{tower} {body:.3g} x {depths[tower]}")
+    note = f"FLOPs counted with windowed einsums off and the LM-head loop unrolled ({base.flops_per_chip:.3g}"
+    note += f" FLOP/chip; the default program counts {rep.flops_per_chip:.3g})"
+    if parts:
+        note += f"; per scanned block: {', '.join(parts)}"
+    rep.flops_per_chip, rep.est_step_seconds = flops, seconds
+    rep.add_note(note)
 
 
 def _image_cap(cfg, geometry) -> int:
@@ -622,7 +647,7 @@ def preflight_sft(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             return sft.train_step.lower(target.model, opt, batch)
 
     rep, _ = compile_phase("sft", lower, default_device=target.default_device)
-    count_scanned_blocks(rep, lower, [target.model], target)
+    count_flops(rep, lower, [target.model], target)
     p = cfg.pipeline
     rep.model_flops = analytic_flops(
         "sft", target.mcfg, target.counts, batch=p.batch_size, seq_len=p.seq_len,
@@ -676,7 +701,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     key = _sds(jax.eval_shape(lambda: jax.random.key(0)), NamedSharding(mesh, PartitionSpec()))
 
     def lower_rollout():
-        graphdef, state = nnx.split(model)  # here: count_scanned_blocks varies the config in the graphdef
+        graphdef, state = nnx.split(model)  # here: count_flops varies the config in the graphdef
         with target.ctx():
             return sampler._generate_jit.lower(graphdef, state, prompt, key, cfg=sampling, num_samples=group)
 
@@ -716,7 +741,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
     plan.append(("update", lower_update, ref_b, [model], ("text", "vision")))
     for name, lower, outside, traced, towers in plan:
         rep, _ = compile_phase(name, lower, default_device=target.default_device)
-        count_scanned_blocks(rep, lower, traced, target, towers)
+        count_flops(rep, lower, traced, target, towers)
         rep.resident_outside = outside
         if name == "update":
             rep.model_flops = analytic_flops(
@@ -735,7 +760,7 @@ def preflight_grpo(cfg: ml_collections.ConfigDict, target: Target) -> dict:
             rep.model_flops = analytic_flops(name, target.mcfg, target.counts, **shape)
         phases.append(rep)
     rollout = phases[0]
-    if rollout.fits and rollout.flops_per_chip:  # (no count under --memory-only with scanned layers)
+    if rollout.fits and rollout.flops_per_chip:  # (no count under --memory-only)
         # Scale the once-counted decode body: one decode step's analytic share per chip, times the ratio the
         # prefill shows between compiled and analytic counts, approximated by 1 (dense matmuls dominate).
         body = (analytic_flops("rollout", target.mcfg, target.counts, **{**shape, "new_tokens": 1})
@@ -762,7 +787,7 @@ def stage_summary(phases: list[PhaseReport], topo: Topology) -> dict:
     """JSON entry of a stage (GRPO: the peak phase's bytes, FLOPs and times summed over the phases)."""
     peak = max(phases, key=lambda r: r.total)
     fits = all(r.fits for r in phases) and peak.total <= topo.hbm_bytes
-    # a phase without a FLOP count (--memory-only with scanned layers) leaves the stage without one
+    # a phase without a FLOP count (--memory-only) leaves the stage without one
     flops = sum(r.flops_per_chip for r in phases) if all(r.flops_per_chip for r in phases) else 0.0
     model_flops = sum(r.model_flops for r in phases)
     est = None if any(r.est_step_seconds is None for r in phases) else sum(r.est_step_seconds for r in phases)
@@ -800,7 +825,8 @@ def run(
     loop_flops: bool = True,
 ) -> dict:
     """The preflight report (the ``--json`` document) of ``cfg`` on ``topology``. ``loop_flops=False`` skips
-    the extra compiles that count scanned blocks (memory and fits are unaffected; FLOPs then undercount)."""
+    the extra compiles that count every loop iteration (memory and fits are unaffected; no FLOPs, time or MFU
+    are reported)."""
     if stage not in ("sft", "grpo", "all"):
         raise InvalidInputError(f"--stage {stage!r}: choose sft, grpo or all")
     topo = parse_topology(topology)

@@ -93,6 +93,7 @@ def completion_logprobs(
         vocab_major=vocab_major,
         chunk_size=chunk_size,
         dtype=model.cfg.dtype,
+        unroll=model.cfg.head_unroll,
     )
     return logp
 

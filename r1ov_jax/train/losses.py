@@ -83,6 +83,7 @@ def token_logprobs(
     vocab_major: bool,
     chunk_size: int = 1024,
     dtype=None,
+    unroll: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-token ``log p(target)`` under the LM head, chunked over the sequence.
 
@@ -94,6 +95,8 @@ def token_logprobs(
         small constant. ``T`` need not be a multiple (padded internally); a chunk larger than ``T`` means one
         block.
       dtype: matmul compute dtype (e.g. ``jnp.bfloat16``); default ``hidden.dtype``.
+      unroll: unroll the chunk loops (same values; XLA's cost model then counts every chunk, which preflight's
+        FLOP count needs: it counts a loop body once).
 
     Returns:
       ``(logp, is_argmax)``: ``[b, T]`` float32 log-probabilities (differentiable w.r.t. ``hidden`` and
@@ -107,7 +110,7 @@ def token_logprobs(
         raise ValueError(f"weight {weight.shape} must be {layout} for hidden size {hidden.shape[-1]}")
     dtype = jnp.dtype(hidden.dtype if dtype is None else dtype)
     chunk = max(1, min(int(chunk_size), hidden.shape[1]))
-    return _token_logprobs(hidden, weight, targets.astype(jnp.int32), vocab_major, chunk, dtype)
+    return _token_logprobs(hidden, weight, targets.astype(jnp.int32), vocab_major, chunk, dtype, bool(unroll))
 
 
 # --------------------------------------------------------------------------- implementation
@@ -159,7 +162,7 @@ def _batch_shards(b):
     return n if b % n == 0 else 1
 
 
-def _forward(hidden, weight, targets, vocab_major, chunk, dtype):
+def _forward(hidden, weight, targets, vocab_major, chunk, dtype, unroll):
     vocab = weight.shape[0 if vocab_major else 1]
     w_c = _cast_weight(weight, vocab_major, dtype)
 
@@ -171,23 +174,23 @@ def _forward(hidden, weight, targets, vocab_major, chunk, dtype):
         zt = jnp.sum(jnp.where(_onehot(y, vocab), z, 0.0), axis=-1)
         return None, (zt - lse, zt >= m, lse)
 
-    _, out = jax.lax.scan(body, None, (_to_chunks(hidden, chunk), _to_chunks(targets, chunk)))
+    _, out = jax.lax.scan(body, None, (_to_chunks(hidden, chunk), _to_chunks(targets, chunk)), unroll=unroll)
     t = hidden.shape[1]
     return tuple(_from_chunks(o, t) for o in out)  # logp, is_argmax, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _token_logprobs(hidden, weight, targets, vocab_major, chunk, dtype):
-    logp, hit, _ = _forward(hidden, weight, targets, vocab_major, chunk, dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _token_logprobs(hidden, weight, targets, vocab_major, chunk, dtype, unroll):
+    logp, hit, _ = _forward(hidden, weight, targets, vocab_major, chunk, dtype, unroll)
     return logp, hit
 
 
-def _fwd(hidden, weight, targets, vocab_major, chunk, dtype):
-    logp, hit, lse = _forward(hidden, weight, targets, vocab_major, chunk, dtype)
+def _fwd(hidden, weight, targets, vocab_major, chunk, dtype, unroll):
+    logp, hit, lse = _forward(hidden, weight, targets, vocab_major, chunk, dtype, unroll)
     return (logp, hit), (hidden, weight, targets, lse)
 
 
-def _bwd(vocab_major, chunk, dtype, res, cts):
+def _bwd(vocab_major, chunk, dtype, unroll, res, cts):
     hidden, weight, targets, lse = res
     g = cts[0].astype(_F32)  # cts[1] is the (float0) cotangent of is_argmax
     vocab = weight.shape[0 if vocab_major else 1]
@@ -217,7 +220,7 @@ def _bwd(vocab_major, chunk, dtype, res, cts):
 
     xs = tuple(_to_chunks(x, chunk) for x in (hidden, targets, lse, g))
     dw0 = constrain(jnp.zeros((n, *weight.shape), _F32), acc_axes)
-    dw, dh = jax.lax.scan(body, dw0, xs)
+    dw, dh = jax.lax.scan(body, dw0, xs, unroll=unroll)
     dw = constrain(dw.sum(0), w_axes)
     return _from_chunks(dh, hidden.shape[1]), dw.astype(weight.dtype), None
 

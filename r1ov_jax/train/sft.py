@@ -43,8 +43,9 @@ def sft_loss(model, batch: dict, chunk_size: int = 1024) -> tuple[jax.Array, dic
     targets, weights = token_targets(batch)
     w, vocab_major = model.output_projection()
     logp, hit = token_logprobs(
-        hidden, w, targets, vocab_major=vocab_major, chunk_size=chunk_size, dtype=model.cfg.dtype
-    )
+        hidden, w, targets, vocab_major=vocab_major, chunk_size=chunk_size, dtype=model.cfg.dtype,
+        unroll=model.cfg.head_unroll
+    )  # fmt: skip
     n = jnp.maximum(weights.sum(), 1.0)
     loss = -(logp * weights).sum() / n
     acc = (hit * weights).sum() / n

@@ -98,6 +98,7 @@ class Qwen25VLConfig:
     scan_layers: bool = False  # run the blocks of each tower as one lax.scan (r1ov_jax.layers.scan)
     # lax.scan unroll of the (text, vision) scans; preflight's FLOP count varies it
     scan_unroll: tuple = (1, 1)
+    head_unroll: bool = False  # unroll the chunked LM-head loss loops (train.losses); preflight's FLOP count
 
     def __post_init__(self):
         object.__setattr__(self, "remat", normalize_remat(self.remat))
