@@ -36,7 +36,9 @@ TEST = [
     "ruff==0.17.6",  # pinned: `ruff format --check` is a CI gate and styles differ between releases
     # Parity references only; never imported by the library. CI installs the CPU build of torch first.
     "torch",
-    "transformers>=5.0",
+    # <5.25: 5.25 depends on the PyPI package `kernels`, which our repo-root ./kernels folder shadows whenever
+    # the repo root is on sys.path (pytest from the checkout), so `import transformers` fails there
+    "transformers>=5.0,<5.25",
     "nbclient",
     "nbformat",
     "ipykernel",
