@@ -653,7 +653,7 @@ def preflight_sft(cfg: ml_collections.ConfigDict, target: Target) -> dict:
         "sft", target.mcfg, target.counts, batch=p.batch_size, seq_len=p.seq_len,
         patches=int(p.max_patches or 0), image_cap=_image_cap(cfg, geometry),
     )  # fmt: skip
-    if rep.fits:  # (a scanned step's note already holds the block count)
+    if rep.fits:  # (a report that does not fit keeps the one OOM line as its note)
         rep.add_note(f"grad_accum={cfg.sft.optim.grad_accum}: one optimizer update per that many steps")
     return {"phases": [rep], "shapes": 1, "warning": ""}
 
