@@ -14,6 +14,7 @@ the per-element mask inside the kernel is always exact.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -182,21 +183,53 @@ class Geometry:
     q_steps: int  # grid length over query blocks per key block (>= every qhi - qlo)
 
 
-def attention_cost(b, hq, tq, tk, d, *, causal: bool, matmuls: int, operands) -> pl.CostEstimate:
-    """What a kernel tells XLA's cost model (a pallas_call without one counts 0 FLOPs): ``matmuls`` products of
-    ``[tq, d] x [d, tk]`` shape per (batch, query head), halved for causal self-attention, one exp per logit.
+def max_blocks_reached(b_own: int, b_other: int, max_len: int) -> int:
+    """Most ``b_other``-blocks that contiguous sequences of length <= max_len touching one ``b_own``-block can
+    cover: the grid length a kernel needs along the other axis when every segment is such a sequence.
 
-    A dense estimate: blocks that segment ids hide (packing, vision windows) are skipped by the kernel but
-    counted here, so for windowed or packed inputs it is an upper bound.
+    The block at offset s meets sequences inside [s - L + 1, s + b_own + L - 2]; offsets repeat mod lcm.
     """
-    frac = 0.5 if causal and tq == tk else 1.0
-    logits = int(b * hq * tq * tk * frac)
+    return max(
+        (s + b_own + max_len - 2) // b_other - (s - max_len + 1) // b_other + 1
+        for s in range(0, math.lcm(b_own, b_other), b_own)
+    )
+
+
+def check_max_seqlen(max_seqlen: int, *segment_ids) -> None:
+    """ValueError if ``max_seqlen`` < 1, or if concrete segment ids hold a run of one non-zero id longer than
+    it (under jit the ids are tracers and the caller is trusted: a wrong bound silently drops keys)."""
+    if max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be >= 1, got {max_seqlen}")
+    for ids in segment_ids:
+        try:
+            ids = np.asarray(ids)
+        except jax.errors.TracerArrayConversionError:
+            return
+        for row in ids.reshape(-1, ids.shape[-1]):
+            edges = np.flatnonzero(np.diff(row)) + 1
+            runs = np.diff(np.concatenate([[0], edges, [row.size]]))
+            starts = np.concatenate([[0], edges])
+            longest = int(np.max(np.where(row[starts] != 0, runs, 0), initial=0))
+            if longest > max_seqlen:
+                raise ValueError(f"max_seqlen={max_seqlen} but the segment ids hold a segment of {longest} tokens")
+
+
+def attention_cost(b, hq, rows, cols, d, *, causal: bool, matmuls: int, operands) -> pl.CostEstimate:
+    """What a kernel tells XLA's cost model (a pallas_call without one counts 0 FLOPs): ``matmuls`` products of
+    ``[rows, d] x [d, cols]`` shape per (batch, query head), one exp per logit.
+
+    ``rows`` x ``cols`` is the tile area the grid can visit: the padded query and key lengths, or, when a
+    ``max_seqlen`` bound shrinks the grid along one axis, ``steps * block`` on that axis. Causal
+    self-attention over the full square is halved. Blocks that segment ids hide inside that area (packing)
+    are skipped by the kernel but counted here: an upper bound.
+    """
+    frac = 0.5 if causal and rows == cols else 1.0
+    logits = int(b * hq * rows * cols * frac)
     return pl.CostEstimate(
         flops=2 * matmuls * logits * d,
         transcendentals=logits,
         bytes_accessed=int(sum(np.prod(x.shape) * x.dtype.itemsize for x in operands)),
     )
-
 
 # ----------------------------------------------------------------------------------------------------------
 # In-kernel helpers (traced inside Pallas kernels of both flavours).

@@ -39,11 +39,13 @@ def attention(
     backend: str | None = None,
     interpret: bool | None = None,
     kv_heads_major: bool = False,
+    max_seqlen: int | None = None,
 ) -> jax.Array:
     """Same contract as ``r1ov_jax.layers.attention.attention`` (q ``[b, tq, hq, d]``, k/v ``[b, tk, hkv, d]``,
     or ``[b, hkv, tk, d]`` with ``kv_heads_major``: the KV-cache layout).
 
-    ``backend`` ("tpu" | "gpu") and ``interpret`` override the automatic choice (tests use them).
+    ``backend`` ("tpu" | "gpu") and ``interpret`` override the automatic choice (tests use them);
+    ``max_seqlen`` (a static bound on every contiguous segment) shrinks the flash kernels' grid.
     """
     backend = common.kernel_backend(backend)
     interpret = common.use_interpret(interpret)
@@ -53,4 +55,4 @@ def attention(
         return decode_attention(q, k, v, *ids, kv_heads_major=kv_heads_major, **kw)
     if kv_heads_major:  # a prompt against the cache (prefill): one transposed copy per prompt, not per token
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    return flash_attention(q, k, v, *ids, **kw)
+    return flash_attention(q, k, v, *ids, max_seqlen=max_seqlen, **kw)

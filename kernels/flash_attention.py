@@ -56,6 +56,7 @@ def flash_attention(
     block_k: int | None = None,
     backend: str | None = None,
     interpret: bool | None = None,
+    max_seqlen: int | None = None,
 ) -> jax.Array:
     """Differentiable flash attention.
 
@@ -68,6 +69,10 @@ def flash_attention(
       block_q, block_k: tile lengths (defaults per backend in ``common.DEFAULT_BLOCKS``).
       backend: "tpu" (Mosaic) or "gpu" (Triton); default from ``jax.default_backend()``.
       interpret: run the Pallas interpreter; default True exactly on CPU.
+      max_seqlen: static bound on every segment's length, for segment ids that are contiguous runs (packed
+        sequences, vision windows). The grid then spans only the blocks one segment can reach (a 64-patch
+        window over 8k patches: 3 key blocks per query block instead of 32), on TPU and in the cost estimate.
+        Checked when the ids are concrete; a wrong bound under jit silently drops keys.
 
     Returns:
       ``[b, tq, hq, d]`` in q's dtype.
@@ -87,6 +92,11 @@ def flash_attention(
             common.default_positions(b, tk) if kv_positions is None else kv_positions, tkp
         )
     ranges = common.block_ranges(q_seg, kv_seg, q_pos, kv_pos, causal=causal, block_q=bq, block_k=bk)
+    kv_steps, q_steps = tkp // bk, tqp // bq
+    if max_seqlen is not None:
+        common.check_max_seqlen(max_seqlen, q_seg, kv_seg)
+        kv_steps = min(kv_steps, common.max_blocks_reached(bq, bk, max_seqlen))
+        q_steps = min(q_steps, common.max_blocks_reached(bk, bq, max_seqlen))
     geo = Geometry(
         backend=backend,
         interpret=common.use_interpret(interpret),
@@ -95,8 +105,8 @@ def flash_attention(
         block_q=bq,
         block_k=bk,
         groups=hq // hkv,
-        kv_steps=tkp // bk,
-        q_steps=tqp // bq,
+        kv_steps=kv_steps,
+        q_steps=q_steps,
     )
     out = attention_core(
         geo,
@@ -272,7 +282,7 @@ def _tpu_forward(geo, q, k, v, meta):
         interpret=geo.interpret,
         name="flash_fwd_tpu",
         cost_estimate=common.attention_cost(
-            b, hq, tqp, k.shape[2], d, causal=geo.causal, matmuls=2, operands=(q, k, v, q)
+            b, hq, tqp, geo.kv_steps * bk, d, causal=geo.causal, matmuls=2, operands=(q, k, v, q)
         ),
     )(lo, hi, q, k, v, *_side_args(geo, meta))
     return out, lse
@@ -373,7 +383,7 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
         interpret=geo.interpret,
         name="flash_dq_tpu",
         cost_estimate=common.attention_cost(  # logits, dp = do v^T, dq = ds k
-            b, hq, tqp, tkp, d, causal=geo.causal, matmuls=3, operands=(q, k, v, do, q)
+            b, hq, tqp, geo.kv_steps * bk, d, causal=geo.causal, matmuls=3, operands=(q, k, v, do, q)
         ),
     )(lo, hi, q, k, v, do, lse, delta, *sides)
 
@@ -410,7 +420,7 @@ def _tpu_backward(geo, q, k, v, meta, do, lse, delta):
         interpret=geo.interpret,
         name="flash_dkv_tpu",
         cost_estimate=common.attention_cost(  # logits, dp, dv = p^T do, dk = ds^T q
-            b, hq, tqp, tkp, d, causal=geo.causal, matmuls=4, operands=(q, k, v, do, k, v)
+            b, hq, geo.q_steps * bq, tkp, d, causal=geo.causal, matmuls=4, operands=(q, k, v, do, k, v)
         ),
     )(qlo, qhi, q, k, v, do, lse, delta, *sides)
     return dq, dk, dv

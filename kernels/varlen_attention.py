@@ -55,24 +55,13 @@ def _ranges(cu, seg, t_pad, b_own, b_other):
     return jnp.where(live, lo, 0).astype(jnp.int32)[None], jnp.where(live, hi, 0).astype(jnp.int32)[None]
 
 
-def _max_blocks_reached(b_own: int, b_other: int, max_len: int) -> int:
-    """Most ``b_other``-blocks that sequences of length <= max_len touching one ``b_own``-block can cover.
-
-    The block at offset s meets sequences inside [s - L + 1, s + b_own + L - 2]; offsets repeat mod lcm.
-    """
-    return max(
-        (s + b_own + max_len - 2) // b_other - (s - max_len + 1) // b_other + 1
-        for s in range(0, math.lcm(b_own, b_other), b_own)
-    )
-
-
 def varlen_plan(cu_seqlens, t: int, t_pad: int, bq: int, bk: int, max_seqlen: int | None):
     """Segment ids ``[t]``, block ranges ``(lo, hi [1, nq], qlo, qhi [1, nk])`` and grid steps."""
     nq, nk = t_pad // bq, t_pad // bk
     kv_steps, q_steps = nk, nq
     if max_seqlen is not None:
-        kv_steps = min(nk, _max_blocks_reached(bq, bk, max_seqlen))
-        q_steps = min(nq, _max_blocks_reached(bk, bq, max_seqlen))
+        kv_steps = min(nk, common.max_blocks_reached(bq, bk, max_seqlen))
+        q_steps = min(nq, common.max_blocks_reached(bk, bq, max_seqlen))
     cu = jnp.asarray(cu_seqlens, jnp.int32)
     seg = segment_ids_from_cu_seqlens(cu, t)
     return seg, (*_ranges(cu, seg, t_pad, bq, bk), *_ranges(cu, seg, t_pad, bk, bq)), (kv_steps, q_steps)

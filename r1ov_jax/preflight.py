@@ -53,6 +53,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1ov_jax.errors import InvalidInputError, MissingInputError
+from r1ov_jax.models.qwen2_5_vl.vision import scan_period
 
 GiB = 1 << 30
 
@@ -392,7 +393,7 @@ def _vision_fwd(cfg, pc: ParamCounts, rows: int, patches: int, image_cap: int) -
     if not patches:
         return 0.0
     v = cfg.vision
-    window = (v.window_size // v.patch_size) ** 2
+    window = v.geometry().window_patches
     full_layers = len(v.fullatt_block_indexes)
     keys = (v.depth - full_layers) * min(window, patches) + full_layers * min(image_cap, patches)
     return 2.0 * pc.vision * rows * patches + 4.0 * rows * patches * keys * v.hidden_size
@@ -577,8 +578,9 @@ def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("tex
     XLA's cost model counts a ``while_loop`` body once. The loops a phase runs: XLA's windowed einsums (turned
     off by ``COUNT_OPTIONS``), the chunked LM-head loss (unrolled: ``head_unroll``) and, with
     ``model.scan_layers``, one scan per tower. Compiling again with one tower's scan unrolled twice puts its
-    block body in the loop twice, so the difference of the two counts is one block (forward, remat recompute
-    and backward, as compiled); ``depth - 1`` of them are added. ``models``: the modules the phase traces
+    loop body in the loop twice, so the difference of the two counts is one iteration (forward, remat
+    recompute and backward, as compiled: one block of the text tower, one period of window / full blocks of the
+    vision tower); ``iterations - 1`` of them are added. ``models``: the modules the phase traces
     (their runtime options are varied); ``towers``: the scans the phase runs. The sampler's decode loop is
     scaled by `preflight_grpo`.
     """
@@ -610,7 +612,8 @@ def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("tex
         return
     flops, seconds, parts = base.flops_per_chip, base.est_step_seconds, []
     if mc.scan_layers:
-        depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth}
+        # loop iterations per tower (a vision step runs one period of window / full blocks)
+        depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth // scan_period(mc.vision)}
         unrolls = {"text": (2, 1), "vision": (1, 2)}
         for tower in towers:
             twice = counting_compile(unrolls[tower])

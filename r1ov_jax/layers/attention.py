@@ -113,6 +113,7 @@ def attention(
     impl: str = "xla",
     mask: jax.Array | None = None,
     kv_heads_major: bool = False,
+    max_seqlen: int | None = None,
 ) -> jax.Array:
     """Multi-head attention with GQA.
 
@@ -126,6 +127,8 @@ def attention(
       impl: "auto" | "xla" | "pallas".
       mask: optional precomputed ``make_mask(...)`` of exactly these ids/positions, used by the XLA path so a
         decoder computes it once per step instead of once per layer; kernels derive it from the ids.
+      max_seqlen: static bound on every segment's length when each segment id is one contiguous run (the
+        vision tower's windows): the kernels visit only the blocks one segment can reach; XLA ignores it.
 
     Returns:
       ``[b, tq, hq, d]`` in q's dtype (accumulation in fp32).
@@ -141,7 +144,7 @@ def attention(
     if impl == "pallas":
         return _kernel_attention(
             q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
-            causal=causal, scale=scale, kv_heads_major=kv_heads_major,
+            causal=causal, scale=scale, kv_heads_major=kv_heads_major, max_seqlen=max_seqlen,
         )  # fmt: skip
     if mask is None:
         mask = make_mask(
@@ -150,13 +153,13 @@ def attention(
     return xla_attention(q, k, v, mask, scale=scale, kv_heads_major=kv_heads_major)
 
 
-def _kernel_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, kv_heads_major):
+def _kernel_attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, kv_heads_major, max_seqlen):
     from r1ov_kernels import dispatch  # kernels are optional at import time of the library
 
     def call(q, k, v, q_seg, kv_seg, q_pos, kv_pos):
         return dispatch.attention(
             q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg, causal=causal, q_positions=q_pos,
-            kv_positions=kv_pos, scale=scale, kv_heads_major=kv_heads_major,
+            kv_positions=kv_pos, scale=scale, kv_heads_major=kv_heads_major, max_seqlen=max_seqlen,
         )  # fmt: skip
 
     ctx = sharding_rules.current()

@@ -34,6 +34,11 @@ class VisionGeometry:
         """Patches per merged (LLM) token."""
         return self.merge_size**2
 
+    @property
+    def window_patches(self) -> int:
+        """Most patches in one attention window (a window never spans frames or images)."""
+        return (self.window_size // self.merge_size // self.patch_size) ** 2 * self.unit
+
     def of(self, image_grid_thw) -> dict:
         return vision_geometry(
             image_grid_thw,

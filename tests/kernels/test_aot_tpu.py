@@ -127,6 +127,30 @@ def test_flash_kernels_declare_their_flops_to_the_cost_model(tpu):
     assert 2 * (2 + 3 + 4) * logits * d <= both <= 1.1 * 2 * (2 + 3 + 4) * logits * d  # fwd, dq, dk/dv
 
 
+def test_max_seqlen_shrinks_the_declared_flops(tpu):
+    """With 64-token windows (max_seqlen) the kernels declare the tiles their shrunk grid visits: 3 of the 8
+    key blocks of 256 per query block (and 3 of 8 query blocks per key block in dk/dv)."""
+    b, hq, t, d = 1, 2, 2048, 80
+    specs = (S((b, t, hq, d), jnp.bfloat16),) * 3
+    seg = S((b, t), jnp.int32)
+
+    def flops(f):
+        sharding = SingleDeviceSharding(tpu)
+        with jax.default_device(tpu):
+            ca = jax.jit(f, in_shardings=sharding).lower(*specs, seg).compile().cost_analysis()
+        return float((ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"])
+
+    def fn(bound):
+        return lambda q, k, v, s: flash_attention(q, k, v, s, s, max_seqlen=bound)
+
+    dense = b * hq * t * t
+    windowed = b * hq * t * 3 * 256
+    for f, matmuls in ((fn, 2), (lambda bound: grad_of(fn(bound), (0, 1, 2)), 2 + 3 + 4)):
+        full, shrunk = flops(f(None)), flops(f(64))
+        assert 2 * matmuls * dense * d <= full <= 1.1 * 2 * matmuls * dense * d
+        assert 2 * matmuls * windowed * d <= shrunk <= 2 * matmuls * windowed * d + 0.1 * full
+
+
 def test_varlen_forward_and_backward_compile(tpu):
     t, hq, hkv, d = 512, 4, 2, 80  # 64-patch windows with head dim 80, as in the vision tower
 

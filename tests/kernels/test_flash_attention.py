@@ -124,6 +124,45 @@ def test_invisible_blocks_are_never_read(backend):
     assert_close(dv, rdv, FP32_TOL, "dv")
 
 
+def _windows(rng, b, t, longest, pad):
+    """Contiguous segments of 1..longest tokens, then ``pad`` padding tokens (the vision window layout)."""
+    rows = []
+    for _ in range(b):
+        row, sid = [], 1
+        while len(row) < t - pad:
+            row += [sid] * int(rng.integers(1, longest + 1))
+            sid += 1
+        rows.append(row[: t - pad] + [0] * pad)
+    return jnp.asarray(np.array(rows), jnp.int32)
+
+
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+def test_max_seqlen_shrinks_the_grid_with_equal_results(backend):
+    """A bound on the segment length (vision windows) leaves outputs and gradients those of the reference,
+    while the TPU grid spans max_blocks_reached key blocks, not all of them."""
+    rng = np.random.default_rng(7)
+    b, t, longest = 2, 100, 12
+    q, k, v = qkv(rng, b, t, t, 4, 2, 8)
+    seg = _windows(rng, b, t, longest, pad=9)
+    assert common.max_blocks_reached(16, 16, longest) == 3 < t // 16
+    kernel = lambda q, k, v: flash_attention(
+        q, k, v, seg, seg, block_q=16, block_k=16, backend=backend, max_seqlen=longest
+    )
+    reference = lambda q, k, v: reference_flash_attention(q, k, v, seg, seg)
+    check_against_reference(kernel, reference, q, k, v, FP32_TOL, rng)
+
+
+def test_max_seqlen_smaller_than_a_segment_is_rejected():
+    rng = np.random.default_rng(1)
+    q, k, v = qkv(rng, 1, 32, 32, 2, 2, 8)
+    seg = jnp.asarray([[1] * 20 + [2] * 10 + [0] * 2], jnp.int32)
+    with pytest.raises(ValueError, match="segment of 20 tokens"):
+        flash_attention(q, k, v, seg, seg, max_seqlen=16)
+    with pytest.raises(ValueError, match=">= 1"):
+        flash_attention(q, k, v, seg, seg, max_seqlen=0)
+    flash_attention(q, k, v, seg, seg, max_seqlen=20)  # padding runs do not count
+
+
 @pytest.mark.parametrize("kind", ["packed", "left_pad"])
 def test_block_ranges_cover_every_visible_tile(kind):
     """Ranges contain every tile with a visible entry; for monotone ids and positions they are tight."""

@@ -1,5 +1,7 @@
 """``model.scan_layers``: the blocks of both towers run as one ``lax.scan``; the numbers never change."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ from flax import nnx
 
 from r1ov_jax.models import lora
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
+from r1ov_jax.models.qwen2_5_vl.config import VisionConfig
+from r1ov_jax.models.qwen2_5_vl.vision import scan_period
 from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 from r1ov_jax.train.sft import sft_loss
 
@@ -25,9 +29,13 @@ def _loss_and_grads(model, wrt=nnx.Param):
     return float(loss), jax.tree.leaves(nnx.state(grads, wrt))
 
 
-def _twins(remat="none", spec=None):
-    """The same weights unrolled and scanned (the tiny config has a full-attention vision block)."""
-    model = Qwen25VL(tiny(remat=remat), rngs=nnx.Rngs(0))
+def _twins(remat="none", spec=None, fullatt=None):
+    """The same weights unrolled and scanned (the tiny config has a full-attention vision block); ``fullatt``:
+    a 4-block vision tower with those full-attention blocks instead."""
+    cfg = tiny(remat=remat)
+    if fullatt is not None:
+        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, depth=4, fullatt_block_indexes=fullatt))
+    model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     if spec is not None:
         model = lora.apply_lora(model, spec, seed=1)
         # non-zero B so the adapters take part in the numbers
@@ -39,9 +47,18 @@ def _twins(remat="none", spec=None):
     return model, scanned
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_scanned_equals_unrolled(remat):
-    plain, scanned = _twins(remat)
+def test_scan_period_follows_the_full_attention_pattern():
+    v = VisionConfig()  # Qwen2.5-VL: blocks 7, 15, 23, 31 of 32
+    assert scan_period(v) == 8
+    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1, 3))) == 2
+    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1,))) == 4
+    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=())) == 1
+
+
+@pytest.mark.parametrize(("remat", "fullatt"), [("none", None), ("full", None), ("full", (1, 3))])
+def test_scanned_equals_unrolled(remat, fullatt):
+    """Also with a vision scan of two steps, each a window block then a full-attention block."""
+    plain, scanned = _twins(remat, fullatt=fullatt)
     assert plain.cfg.vision.fullatt_block_indexes and not plain.cfg.scan_layers and scanned.cfg.scan_layers
     batch = _batch(plain)
     inputs = {k: v for k, v in batch.items() if k != "loss_mask"}

@@ -32,9 +32,11 @@ def _block_boundary(out, x):
 
 
 class VisionAttention(nnx.Module):
-    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: Qwen25VLConfig, *, full: bool, rngs: nnx.Rngs):
         v = cfg.vision
         self.num_heads, self.impl = v.num_heads, cfg.attn_impl
+        # Window blocks: every segment is one window, so the kernels' grid spans only the blocks it can reach.
+        self.max_seqlen = None if full else v.geometry().window_patches
         # Rows [0:D] are q, [D:2D] k, [2D:3D] v, each head-major (transformers' qkv layout).
         self.qkv = Dense(
             v.hidden_size, 3 * v.hidden_size, axes=("embed", "qkv"), use_bias=True, dtype=cfg.dtype, rngs=rngs
@@ -56,17 +58,21 @@ class VisionAttention(nnx.Module):
         q = apply_rope(q.astype(jnp.float32), cos[:, :, None], sin[:, :, None]).astype(x.dtype)
         k = apply_rope(k.astype(jnp.float32), cos[:, :, None], sin[:, :, None]).astype(x.dtype)
         out = attention(
-            q, k, val, q_segment_ids=segments, kv_segment_ids=segments, causal=False, impl=self.impl
-        )
+            q, k, val, q_segment_ids=segments, kv_segment_ids=segments, causal=False, impl=self.impl,
+            max_seqlen=self.max_seqlen,
+        )  # fmt: skip
         return self.proj(out.reshape(b, n, d))
 
 
 class VisionBlock(nnx.Module):
-    def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
+    """One vision block; ``full``: attention over each whole image, else within windows (a static attribute)."""
+
+    def __init__(self, cfg: Qwen25VLConfig, *, full: bool, rngs: nnx.Rngs):
         d = cfg.vision.hidden_size
+        self.full = full
         self.norm1 = RMSNorm(d, VISION_NORM_EPS)
         self.norm2 = RMSNorm(d, VISION_NORM_EPS)
-        self.attn = VisionAttention(cfg, rngs=rngs)
+        self.attn = VisionAttention(cfg, full=full, rngs=rngs)
         # SwiGLU with biases (Qwen2.5-VL; Qwen2-VL used fc1/fc2 + quick_gelu)
         self.mlp = GatedMLP(d, cfg.vision.intermediate_size, use_bias=True, dtype=cfg.dtype, rngs=rngs)
 
@@ -92,6 +98,16 @@ class PatchMerger(nnx.Module):
         return self.mlp2(jax.nn.gelu(self.mlp0(x), approximate=False))  # exact erf GELU, as nn.GELU()
 
 
+def scan_period(v) -> int:
+    """Blocks per step of the scanned tower: the shortest period of the full-attention pattern that divides the
+    depth (Qwen2.5-VL's blocks 7, 15, 23, 31: 8), so window and full blocks keep their own static attention."""
+    full = set(v.fullatt_block_indexes)
+    return next(
+        p for p in range(1, v.depth + 1)
+        if v.depth % p == 0 and all((i in full) == (i % p in full) for i in range(v.depth))
+    )  # fmt: skip
+
+
 class VisionTower(nnx.Module):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         v = cfg.vision
@@ -100,7 +116,8 @@ class VisionTower(nnx.Module):
         self.patch_embed = Dense(
             v.patch_dim, v.hidden_size, axes=("patch", "embed"), use_bias=False, dtype=cfg.dtype, rngs=rngs
         )
-        self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs) for _ in range(v.depth)])
+        full = set(v.fullatt_block_indexes)
+        self.blocks = nnx.List([VisionBlock(cfg, full=i in full, rngs=rngs) for i in range(v.depth)])
         self.merger = PatchMerger(cfg, rngs=rngs)
 
     def rope(self, rope_positions):
@@ -143,22 +160,20 @@ class VisionTower(nnx.Module):
         x = constrain(x.reshape(b, n, d), ("batch", "patches", "act_embed"))
         cos, sin = self.rope(geometry["rope_positions"])
         hidden = []
-        full_ids = set(v.fullatt_block_indexes)
-        if self.cfg.scan_layers:  # one compiled block body; the full-attention blocks pick their segment ids
+        segments = lambda block: geometry["full_segments" if block.full else "window_segments"]
+        if self.cfg.scan_layers:  # one loop; a step runs one period of the window / full block pattern
 
-            def step(block, h, is_full):
-                segments = jnp.where(is_full, geometry["full_segments"], geometry["window_segments"])
-                return _block_boundary(block(h, cos, sin, segments), h)
+            def step(block, h, _):
+                return _block_boundary(block(h, cos, sin, segments(block)), h)
 
-            is_full = jnp.asarray([i in full_ids for i in range(len(self.blocks))])
             x = scan_blocks(
-                list(self.blocks), step, x, is_full, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[1]
-            )
+                list(self.blocks), step, x, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[1],
+                period=scan_period(v),
+            )  # fmt: skip
         else:
-            for i, block in enumerate(self.blocks):
-                segments = geometry["full_segments"] if i in full_ids else geometry["window_segments"]
+            for block in self.blocks:
                 x = _block_boundary(
-                    remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments), x
+                    remat(type(block).__call__, self.cfg.remat)(block, x, cos, sin, segments(block)), x
                 )
                 hidden.append(x)
         merged = jnp.take_along_axis(self.merger(x), geometry["reverse_index"][:, :, None], axis=1)
