@@ -211,7 +211,9 @@ def check_max_seqlen(max_seqlen: int, *segment_ids) -> None:
             starts = np.concatenate([[0], edges])
             longest = int(np.max(np.where(row[starts] != 0, runs, 0), initial=0))
             if longest > max_seqlen:
-                raise ValueError(f"max_seqlen={max_seqlen} but the segment ids hold a segment of {longest} tokens")
+                raise ValueError(
+                    f"max_seqlen={max_seqlen} but the segment ids hold a segment of {longest} tokens"
+                )
 
 
 def attention_cost(b, hq, rows, cols, d, *, causal: bool, matmuls: int, operands) -> pl.CostEstimate:
@@ -230,6 +232,7 @@ def attention_cost(b, hq, rows, cols, d, *, causal: bool, matmuls: int, operands
         transcendentals=logits,
         bytes_accessed=int(sum(np.prod(x.shape) * x.dtype.itemsize for x in operands)),
     )
+
 
 # ----------------------------------------------------------------------------------------------------------
 # In-kernel helpers (traced inside Pallas kernels of both flavours).
