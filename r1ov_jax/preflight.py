@@ -53,7 +53,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from r1ov_jax.errors import InvalidInputError, MissingInputError
-from r1ov_jax.models.qwen2_5_vl.vision import scan_period
+from r1ov_jax.layers.scan import runs_of
+from r1ov_jax.models.qwen2_5_vl.vision import scan_kinds
 
 GiB = 1 << 30
 
@@ -577,12 +578,13 @@ def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("tex
 
     XLA's cost model counts a ``while_loop`` body once. The loops a phase runs: XLA's windowed einsums (turned
     off by ``COUNT_OPTIONS``), the chunked LM-head loss (unrolled: ``head_unroll``) and, with
-    ``model.scan_layers``, one scan per tower. Compiling again with one tower's scan unrolled twice puts its
-    loop body in the loop twice, so the difference of the two counts is one iteration (forward, remat
-    recompute and backward, as compiled: one block of the text tower, one period of window / full blocks of the
-    vision tower); ``iterations - 1`` of them are added. ``models``: the modules the phase traces
-    (their runtime options are varied); ``towers``: the scans the phase runs. The sampler's decode loop is
-    scaled by `preflight_grpo`.
+    ``model.scan_layers``, the towers' scans: the text blocks; the vision steps (one period of window / full
+    blocks) and, inside a step, the scan over a run of window blocks. Compiling again with one of these scans
+    unrolled twice puts its body in the program 1 + (length mod 2) more times (an odd length leaves one
+    iteration outside the loop), which gives one body (forward, remat recompute and backward, as compiled);
+    the iterations the base count misses are added. ``models``: the modules the phase traces (their runtime
+    options are varied); ``towers``: the scans the phase runs. The sampler's decode loop is scaled by
+    `preflight_grpo`.
     """
     if not rep.fits:
         return
@@ -600,11 +602,11 @@ def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("tex
                                  compiler_options=COUNT_OPTIONS)  # fmt: skip
         finally:
             for m in models:
-                m.set_runtime(scan_unroll=(1, 1), head_unroll=False)
+                m.set_runtime(scan_unroll=(1, 1, 1), head_unroll=False)
         rep.compile_seconds += r.compile_seconds
         return r
 
-    base = counting_compile((1, 1))
+    base = counting_compile((1, 1, 1))
     if not base.fits:
         rep.add_note(
             "FLOPs as XLA counted the default program (loops once): the counting compile did not fit"
@@ -612,25 +614,43 @@ def count_flops(rep: PhaseReport, lower_fn, models, target: Target, towers=("tex
         return
     flops, seconds, parts = base.flops_per_chip, base.est_step_seconds, []
     if mc.scan_layers:
-        # loop iterations per tower (a vision step runs one period of window / full blocks)
-        depths = {"text": mc.text.num_hidden_layers, "vision": mc.vision.depth // scan_period(mc.vision)}
-        unrolls = {"text": (2, 1), "vision": (1, 2)}
-        for tower in towers:
-            twice = counting_compile(unrolls[tower])
+        for name, unroll, length, missed in _scans(mc, towers):
+            twice = counting_compile(unroll)
             if not twice.fits:
-                parts.append(f"{tower} block not counted (the x2-unrolled program did not fit)")
+                parts.append(f"{name} not counted (the x2-unrolled program did not fit)")
                 continue
-            body = max(twice.flops_per_chip - base.flops_per_chip, 0.0)
-            flops += (depths[tower] - 1) * body
+            copies = 1 + length % 2
+            body = max(twice.flops_per_chip - base.flops_per_chip, 0.0) / copies
+            flops += missed * body
             if seconds is not None and twice.est_step_seconds is not None:
-                seconds += (depths[tower] - 1) * max(twice.est_step_seconds - base.est_step_seconds, 0.0)
-            parts.append(f"{tower} {body:.3g} x {depths[tower]}")
+                seconds += missed * max(twice.est_step_seconds - base.est_step_seconds, 0.0) / copies
+            parts.append(f"{name} {body:.3g} x {missed} more")
     note = f"FLOPs counted with windowed einsums off and the LM-head loop unrolled ({base.flops_per_chip:.3g}"
     note += f" FLOP/chip; the default program counts {rep.flops_per_chip:.3g})"
     if parts:
-        note += f"; per scanned block: {', '.join(parts)}"
+        note += f"; per scanned body: {', '.join(parts)}"
     rep.flops_per_chip, rep.est_step_seconds = flops, seconds
     rep.add_note(note)
+
+
+def _scans(mc, towers) -> list[tuple[str, tuple, int, int]]:
+    """(name, scan_unroll that doubles it, loop length, loop bodies the base count misses) per scan.
+
+    Vision: ``steps`` iterations of one period; inside each, runs of one kind of block, those of length > 1
+    scanned. The base count holds the step body once and each run's body once; the inner runs' bodies are
+    taken as equal (exact for Qwen2.5-VL: one run of 7 window blocks per step)."""
+    out = []
+    if "text" in towers:
+        n = mc.text.num_hidden_layers
+        out.append(("text block", (2, 1, 1), n, n - 1))
+    if "vision" in towers:
+        kinds = scan_kinds(mc.vision)
+        steps = mc.vision.depth // len(kinds)
+        out.append(("vision step", (1, 2, 1), steps, steps - 1))
+        inner = [length for _, length in runs_of(kinds) if length > 1]
+        if inner:  # per step: (length - 1) bodies of each run missed; a step is counted `steps` times by now
+            out.append(("vision window block", (1, 1, 2), inner[0], steps * sum(n - 1 for n in inner)))
+    return [scan for scan in out if scan[3]]  # a loop of one iteration is counted already
 
 
 def _image_cap(cfg, geometry) -> int:

@@ -10,7 +10,8 @@ from flax import nnx
 from r1ov_jax.models import lora
 from r1ov_jax.models.qwen2_5_vl import Qwen25VL, tiny
 from r1ov_jax.models.qwen2_5_vl.config import VisionConfig
-from r1ov_jax.models.qwen2_5_vl.vision import scan_period
+from r1ov_jax.layers.scan import runs_of
+from r1ov_jax.models.qwen2_5_vl.vision import scan_kinds
 from r1ov_jax.testing.hf_reference import build_ids, hf_pixels, random_image
 from r1ov_jax.train.sft import sft_loss
 
@@ -47,17 +48,27 @@ def _twins(remat="none", spec=None, fullatt=None):
     return model, scanned
 
 
-def test_scan_period_follows_the_full_attention_pattern():
+def test_scan_kinds_follow_the_full_attention_pattern():
     v = VisionConfig()  # Qwen2.5-VL: blocks 7, 15, 23, 31 of 32
-    assert scan_period(v) == 8
-    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1, 3))) == 2
-    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1,))) == 4
-    assert scan_period(dataclasses.replace(v, depth=4, fullatt_block_indexes=())) == 1
+    assert scan_kinds(v) == (False,) * 7 + (True,)
+    assert runs_of(scan_kinds(v)) == [(0, 7), (7, 1)]  # an inner scan of 7 window blocks, then one full block
+    assert scan_kinds(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1, 3))) == (False, True)
+    assert scan_kinds(dataclasses.replace(v, depth=4, fullatt_block_indexes=(1,))) == (
+        False,
+        True,
+        False,
+        False,
+    )
+    assert scan_kinds(dataclasses.replace(v, depth=4, fullatt_block_indexes=())) == (False,)
+    assert runs_of((False, True, False, False)) == [(0, 1), (1, 1), (2, 2)]
 
 
-@pytest.mark.parametrize(("remat", "fullatt"), [("none", None), ("full", None), ("full", (1, 3))])
+@pytest.mark.parametrize(
+    ("remat", "fullatt"), [("none", None), ("full", None), ("full", (1, 3)), ("full", (2,)), ("none", (2,))]
+)
 def test_scanned_equals_unrolled(remat, fullatt):
-    """Also with a vision scan of two steps, each a window block then a full-attention block."""
+    """Also with vision scans of two steps (a window block, a full one) and of one step (an inner scan of two
+    window blocks, a full block, a window block)."""
     plain, scanned = _twins(remat, fullatt=fullatt)
     assert plain.cfg.vision.fullatt_block_indexes and not plain.cfg.scan_layers and scanned.cfg.scan_layers
     batch = _batch(plain)

@@ -96,8 +96,8 @@ class Qwen25VLConfig:
     attn_impl: str = "xla"  # "auto" | "xla" | "pallas", see r1ov_jax.layers.attention
     remat: bool | str = False  # block rematerialization policy, see r1ov_jax.layers.remat (True = "full")
     scan_layers: bool = False  # run the blocks of each tower as one lax.scan (r1ov_jax.layers.scan)
-    # lax.scan unroll of the (text, vision) scans; preflight's FLOP count varies it
-    scan_unroll: tuple = (1, 1)
+    # lax.scan unroll of the (text, vision, vision runs inside a step) scans; preflight's FLOP count varies it
+    scan_unroll: tuple = (1, 1, 1)
     head_unroll: bool = False  # unroll the chunked LM-head loss loops (train.losses); preflight's FLOP count
 
     def __post_init__(self):

@@ -98,14 +98,16 @@ class PatchMerger(nnx.Module):
         return self.mlp2(jax.nn.gelu(self.mlp0(x), approximate=False))  # exact erf GELU, as nn.GELU()
 
 
-def scan_period(v) -> int:
-    """Blocks per step of the scanned tower: the shortest period of the full-attention pattern that divides the
-    depth (Qwen2.5-VL's blocks 7, 15, 23, 31: 8), so window and full blocks keep their own static attention."""
+def scan_kinds(v) -> tuple[bool, ...]:
+    """Per block of one scan step, whether it attends fully: the shortest period of the full-attention pattern
+    that divides the depth (Qwen2.5-VL's blocks 7, 15, 23, 31 of 32: seven window blocks then one full one, an
+    inner scan of 7 and a block), so window and full blocks keep their own static attention."""
     full = set(v.fullatt_block_indexes)
-    return next(
+    period = next(
         p for p in range(1, v.depth + 1)
         if v.depth % p == 0 and all((i in full) == (i % p in full) for i in range(v.depth))
     )  # fmt: skip
+    return tuple(j in full for j in range(period))
 
 
 class VisionTower(nnx.Module):
@@ -161,14 +163,14 @@ class VisionTower(nnx.Module):
         cos, sin = self.rope(geometry["rope_positions"])
         hidden = []
         segments = lambda block: geometry["full_segments" if block.full else "window_segments"]
-        if self.cfg.scan_layers:  # one loop; a step runs one period of the window / full block pattern
+        if self.cfg.scan_layers:  # one loop; a step runs one period of the window / full pattern
 
             def step(block, h, _):
                 return _block_boundary(block(h, cos, sin, segments(block)), h)
 
             x = scan_blocks(
                 list(self.blocks), step, x, remat=self.cfg.remat, unroll=self.cfg.scan_unroll[1],
-                period=scan_period(v),
+                kinds=scan_kinds(v), inner_unroll=self.cfg.scan_unroll[2],
             )  # fmt: skip
         else:
             for block in self.blocks:
