@@ -92,7 +92,7 @@ def test_grpo_update_compiled_with_resolved_preset(monkeypatch, preset, iteratio
 
 
 def test_scanned_blocks_counted_like_unrolled():
-    """XLA counts a loop body once; count_flops' x2-unroll compiles add the other scanned blocks, so a
+    """XLA counts a loop body once; count_flops' x2-unroll compiles add the other scanned bodies, so a
     scanned program reports the unrolled program's compiled FLOPs (tiny model forward with an image per row on
     v5e-8, batch sharded over data; the SFT step runs the same helper in test_paper_7b_sft_fits_v5p64's
     config)."""
@@ -122,7 +122,7 @@ def test_scanned_blocks_counted_like_unrolled():
         preflight.count_flops(reps[scan], lower, [model], target)
     assert reps[True].flops_per_chip == pytest.approx(reps[False].flops_per_chip, rel=0.02)
     assert counted < 0.8 * reps[False].flops_per_chip  # the cost model alone on the scanned program
-    assert "per scanned block" in reps[True].note and "per scanned block" not in reps[False].note
+    assert "per scanned body" in reps[True].note and "per scanned body" not in reps[False].note
 
 
 def test_memory_only_reports_no_partial_flops():
