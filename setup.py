@@ -32,7 +32,7 @@ RUNTIME = [
 
 TEST = [
     "pytest",
-    "pytest-xdist",  # scripts/test.sh runs the suite on two workers (XLA compiles are mostly single-threaded)
+    "pytest-xdist>=3.6",  # scripts/test.sh: two workers (XLA compiles are mostly single-threaded), --no-loadscope-reorder
     "ruff==0.17.6",  # pinned: `ruff format --check` is a CI gate and styles differ between releases
     # Parity references only; never imported by the library. CI installs the CPU build of torch first.
     "torch",

@@ -36,3 +36,29 @@ def tiny_hf_dir(tmp_path_factory):
     write_preprocessor_config(str(d / "hf"), ImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16))
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(d / "x.png")
     return d
+
+
+# `pytest -n 2 --dist loadfile` hands whole files to the workers in collection order; the files that take minutes
+# (deviceless TPU compiles, multi-process jobs, the mini demo) go first so the short ones fill in around them and
+# neither worker runs alone at the end (longest-first scheduling; durations: `pytest --durations=30`).
+LONGEST_FIRST = (
+    "tests/test_preflight.py",
+    "tests/test_preflight_paper.py",
+    "tests/sharding/test_multihost.py",
+    "tests/sharding/test_multihost_images.py",
+    "tests/lora/test_lora_preflight.py",
+    "tests/test_cli.py",
+    "tests/train/test_chunked_head.py",
+    "tests/lora/test_lora.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = str(config.rootpath)
+
+    def key(item):
+        path = os.path.relpath(str(item.path), root).replace(os.sep, "/")
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: the order inside a file and among the rest is kept
