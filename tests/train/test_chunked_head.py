@@ -39,7 +39,8 @@ def plain_completion_logprobs(model, prompt, completions, comp_mask, group):
 
 
 def _grads(fn, model):
-    value, grads = nnx.jit(nnx.value_and_grad(fn))(model)  # jitted: eager grads of the tiny model take a minute
+    # jitted: eager grads of the tiny model take a minute
+    value, grads = nnx.jit(nnx.value_and_grad(fn))(model)
     return float(value), jax.tree.leaves(nnx.state(grads, nnx.Param))
 
 
