@@ -109,6 +109,63 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
     }
 
 
+def _swap_images(data_dir: str, out_dir: str) -> str:
+    """The records of ``data_dir`` written to ``out_dir`` with each item's images swapped for those of another
+    item whose images have the same sizes (a rotation within each size group), so that batches pack exactly as
+    before and only the pixels change."""
+    import io
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from PIL import Image
+
+    from r1ov_jax.data.record import SHARD_PREFIX, WRITER_OPTIONS, read_records, shard_paths
+
+    recs = list(read_records(shard_paths(data_dir)))
+    groups = collections.defaultdict(list)
+    for i, rec in enumerate(recs):
+        if rec.images:
+            groups[tuple(Image.open(io.BytesIO(im)).size for im in rec.images)].append(i)
+    for idx in groups.values():
+        images = [recs[i].images for i in idx]
+        for j, i in enumerate(idx):
+            recs[i].images = images[(j + 1) % len(idx)]
+    path = os.path.join(out_dir, f"{SHARD_PREFIX}-00000-of-00001")
+    writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+    for rec in recs:
+        writer.write(rec.to_bytes())
+    writer.close()
+    return out_dir
+
+
+def image_reliance(model, tokenizer, data_dir: str, pipeline, num_batches: int = 16) -> dict:
+    """Held-out SFT loss (token mean over the first ``num_batches`` packed batches of ``data_dir``) with each
+    item's own images and with another item's images of the same size. A model that reads its images predicts
+    the image-dependent tokens (object lists, chart values) worse from the wrong picture; a gap near 0 means it
+    answers from the text alone, whatever its accuracy. (Blank images would not tell: an all-zero image is out
+    of distribution, so even a model that only notices *that* an image is there gets worse on it.)"""
+    import itertools
+    import tempfile
+
+    from r1ov_jax.data.pipeline import sft_dataset
+    from r1ov_jax.train.sft import eval_step
+
+    p = ml_collections.ConfigDict(pipeline.to_dict())
+    p.shuffle, p.num_epochs, p.worker_count = False, 1, 0
+    geometry = model.cfg.vision.geometry()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, path in (("loss", data_dir), ("loss_swapped_images", _swap_images(data_dir, tmp))):
+            total, tokens = 0.0, 0.0
+            for batch in itertools.islice(
+                iter(sft_dataset(path, tokenizer, p, geometry=geometry)), num_batches
+            ):
+                aux = eval_step(model, batch)
+                total += float(aux["loss"]) * float(aux["tokens"])
+                tokens += float(aux["tokens"])
+            out[key] = total / max(tokens, 1.0)
+    return {**out, "gap": out["loss_swapped_images"] - out["loss"]}
+
+
 def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) -> dict:
     from r1ov_jax.hf import peft
     from r1ov_jax.data.record import shard_paths
@@ -178,6 +235,11 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     eval_dirs = {k: os.path.join(out, "eval", k) for k in ("sft", "sft_continued", "grpo")}
     run_dirs = {"sft": sft_dir, "sft_continued": sftc_dir, "grpo": grpo_dir}
     scores = {k: _eval(run_dirs[k], data["heldout"], eval_dirs[k], cfg) for k in eval_dirs}
+    for k in scores:
+        loaded = runs.load(run_dirs[k])
+        scores[k]["image_reliance"] = image_reliance(
+            loaded.model, loaded.tokenizer, data["heldout"], cfg.pipeline
+        )
     timings["eval_s"] = time.perf_counter() - t
 
     grpo = runs.load(grpo_dir)

@@ -1,5 +1,5 @@
-"""Optimizer: optax AdamW, linear warmup + cosine decay, global-norm clipping, gradient accumulation and
-freezing of parameter groups (vision tower, merger, decoder) — all from config."""
+"""Optimizer: optax AdamW, linear warmup + cosine decay, global-norm clipping, gradient accumulation, and per
+parameter group (vision tower, merger, decoder) freezing or learning-rate multipliers — all from config."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
             clip_norm=1.0,
             grad_accum=1,
             freeze=(),
+            lr_mult={},  # group -> factor on the learning rate (and so on AdamW's decoupled weight decay)
         )
     )
 
@@ -61,6 +62,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     unknown = set(cfg.freeze) - set(GROUPS)
     if unknown:
         raise InvalidInputError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
+    mult = {str(k): float(v) for k, v in dict(cfg.get("lr_mult") or {}).items()}
+    unknown = set(mult) - set(GROUPS)
+    if unknown or any(v <= 0 for v in mult.values()):
+        raise InvalidInputError(
+            f"optim.lr_mult needs groups from {GROUPS} and factors > 0, got {dict(cfg.get('lr_mult'))}"
+        )
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
         optax.adamw(
@@ -71,8 +78,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
             weight_decay=cfg.weight_decay,
         ),
     )
-    if cfg.freeze:
-        frozen = set(cfg.freeze)
+    frozen = set(cfg.freeze)
+    scaled = {g: f for g, f in mult.items() if g not in frozen and f != 1.0}
+    if scaled:  # an AdamW update is lr-proportional: scaling it is the group's lr (and decay) times f
+        per_group = {g: optax.scale(f) for g, f in scaled.items()} | {"rest": optax.identity()}
+        tx = optax.chain(tx, optax.multi_transform(per_group, lambda params: _labels(params, set(), scaled)))
+    if frozen:
         tx = optax.multi_transform(
             {"train": tx, "frozen": optax.set_to_zero()}, lambda params: _labels(params, frozen)
         )
@@ -88,10 +99,14 @@ def _key_name(k) -> str:
     return str(k)
 
 
-def _labels(params, frozen: set[str]):
+def _labels(params, frozen: set[str], scaled: dict | None = None):
+    """Per leaf: "frozen" / "train" (freezing), or the group name / "rest" (``scaled``: lr multipliers)."""
+
     def label(path, _):
-        names = tuple(_key_name(k) for k in path)
-        return "frozen" if param_group(names) in frozen else "train"
+        group = param_group(tuple(_key_name(k) for k in path))
+        if scaled is not None:
+            return group if group in scaled else "rest"
+        return "frozen" if group in frozen else "train"
 
     return jax.tree_util.tree_map_with_path(label, params)
 

@@ -48,6 +48,8 @@ def chart(formal, q):
         return max(v, key=v.get)
     if op == "argmin":
         return min(v, key=v.get)
+    if op in ("argmax_pos", "argmin_pos"):
+        return list(v).index((max if op == "argmax_pos" else min)(v, key=v.get)) + 1
     if op == "diff":
         return v[q["a"]] - v[q["b"]]
     if op == "sum":

@@ -1,8 +1,9 @@
 """Charts (bar / line / pie) → formal = the data CSV + the matplotlib code that reproduces the chart.
 
 Drawn with PIL (fast); the plotting code in the formal text is what a person would write to make the same chart.
-Questions by grade: read a value / find the largest (JHS), differences, sums, counts, pie shares (HS), means and
-the largest gap between two series (College), percentage change as in data-interpretation tests (Social Test).
+Questions by grade: read a value / find the largest or smallest, by label or by position from the left (JHS),
+differences, sums, counts, pie shares (HS), means and the largest gap between two series (College), percentage
+change as in data-interpretation tests (Social Test).
 """
 
 from __future__ import annotations
@@ -202,12 +203,22 @@ def generate(seed: int, level: int | str | None = None) -> Record:
             )
         dis = numeric_distractors(rng, gold)
     elif lv == 0:
-        op = rng.choice(["value", "argmax", "argmin"])
+        # the *_pos questions need no text read off the image: bar heights / point positions alone answer them
+        op = rng.choice(["value", "argmax", "argmin", "argmax_pos", "argmin_pos"])
         if op == "value":
             j = rng.randrange(n)
             gold, query = str(v0[j]), {"op": "value", "label": labels[j], "series": name0}
             question = f"What is the value for {labels[j]} in the chart?"
             dis = numeric_distractors(rng, gold)
+        elif op.endswith("_pos"):
+            j = (max if op == "argmax_pos" else min)(range(n), key=lambda i: v0[i])
+            gold, query = str(j + 1), {"op": op, "series": name0}
+            mark = "bar" if kind == "bar" else "point"
+            question = (
+                f"Counting from the left, which {mark} shows the {'highest' if op == 'argmax_pos' else 'lowest'} "
+                "value? Answer with its position (1 = leftmost)."
+            )
+            dis = [str(k) for k in rng.sample([k for k in range(1, n + 1) if k != j + 1], min(3, n - 1))]
         else:
             j = (max if op == "argmax" else min)(range(n), key=lambda i: v0[i])
             gold, query = labels[j], {"op": op, "series": name0}

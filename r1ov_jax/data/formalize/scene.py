@@ -157,7 +157,8 @@ def generate(seed: int, level: int | str | None = None) -> Record:
     rng = rng_for(KIND, seed)
     lv = resolve_level(level, rng)
     n = rng.randint(3, 5) if lv == 0 else rng.randint(4, 8)
-    objs = _sample(rng, n)
+    # listed left to right, as a detector's output is read: the i-th entry is the i-th object from the left
+    objs = sorted(_sample(rng, n), key=lambda o: sum(_bbox(o)[::2]))
     n = len(objs)
     boxes = [_bbox(o) for o in objs]
     for o, b in zip(objs, boxes):

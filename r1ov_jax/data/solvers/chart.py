@@ -45,6 +45,12 @@ def solve(formal: str, question: str, query: dict) -> Solution:
         )
         steps.append(f"The {word} value {vals[pick]} belongs to {pick}.")
         return Solution(steps, pick)
+    if op in ("argmax_pos", "argmin_pos"):
+        pick = (max if op == "argmax_pos" else min)(vals, key=vals.get)
+        pos = labels.index(pick) + 1
+        word = "largest" if op == "argmax_pos" else "smallest"
+        steps.append(f"The {word} value is {vals[pick]} ({pick}), position {pos} from the left.")
+        return Solution(steps, str(pos))
     if op == "diff":
         a, b = vals[query["a"]], vals[query["b"]]
         steps.append(f"{query['a']} − {query['b']} = {a} − {b} = {a - b}.")
