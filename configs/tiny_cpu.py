@@ -1,8 +1,8 @@
 """The tiny CPU recipe: `r1ov demo` (synthesis → SFT → GRPO / SFT-continued → eval → HF export) in minutes on 2
 cores.
 
-A 3 M-parameter Qwen2.5-VL trained from scratch on generated CLEVR-like scenes and bar charts (Junior High
-level), then GRPO (DAPO preset: no KL, clip-higher, token-mean loss, dynamic sampling, soft overlong penalty) on
+A 3 M-parameter Qwen2.5-VL (decoder trained from scratch, vision tower and merger frozen at their random init)
+on generated CLEVR-like scenes and bar / line charts (Junior High level), then GRPO (DAPO preset: no KL, clip-higher, token-mean loss, dynamic sampling, soft overlong penalty) on
 more prompts, against SFT continued for about the same wall time. Also usable per stage:
 `r1ov sft --config configs/tiny_cpu.py --config.data.train=DIR --config.tokenizer.path=...`.
 """
