@@ -79,6 +79,21 @@ def _train(shape, steps=3):
     return model, opt, mesh
 
 
+def test_frozen_groups_shard_and_stay_put():
+    # optax gives a frozen group MaskedNode placeholders instead of state: sharding must pass them through
+    mesh = make_mesh(2, 2, 2)
+    model = create_sharded(_model, mesh)
+    cfg = default_optim_config()
+    cfg.lr, cfg.freeze, cfg.lr_mult = 1e-2, ("vision", "merger"), {"decoder": 0.5}
+    opt = shard_optimizer(make_nnx_optimizer(model, cfg, 10), model, mesh)
+    before = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    with activation_sharding(mesh, rules_for(model.cfg, mesh)):
+        train_step(model, opt, shard_batch(_batch(), mesh))
+    after = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert changed and all(k[0] != "visual" for k in changed), changed
+
+
 def test_gradients_agree_across_meshes():
     from r1ov_jax.train.sft import sft_loss
 
