@@ -2,8 +2,9 @@
 cores.
 
 A 3 M-parameter Qwen2.5-VL (decoder trained from scratch, vision tower and merger frozen at their random init)
-on generated CLEVR-like scenes and bar / line charts (Junior High level), then GRPO (DAPO preset: no KL, clip-higher, token-mean loss, dynamic sampling, soft overlong penalty) on
-more prompts, against SFT continued for about the same wall time. Also usable per stage:
+on generated CLEVR-like scenes and bar / line charts (Junior High level), then GRPO (DAPO preset: no KL,
+clip-higher, token-mean loss, dynamic sampling, soft overlong penalty) on more prompts, against SFT continued
+for about the same wall time. Also usable per stage:
 `r1ov sft --config configs/tiny_cpu.py --config.data.train=DIR --config.tokenizer.path=...`.
 """
 
