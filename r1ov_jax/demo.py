@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import ml_collections
@@ -74,7 +75,7 @@ def chance_baselines(train_dir: str, heldout_dir: str) -> dict:
     return {"chance_accuracy": chance / max(n, 1), "majority_accuracy": majority / max(n, 1)}
 
 
-def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
+def _eval(run_dir: str, heldout_dir: str, swapped_dir: str, out_dir: str, cfg) -> dict:
     from r1ov_jax.eval.model_eval import evaluate_model
     from r1ov_jax.eval.runner import load_results
     from r1ov_jax.rewards import format_reward
@@ -106,10 +107,13 @@ def _eval(run_dir: str, heldout_dir: str, out_dir: str, cfg) -> dict:
         "n": len(recs),
         "ci95": summary["overall"].get("ci95"),
         "per_type": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per_type.items())},
+        "image_reliance": image_reliance(
+            loaded.model, loaded.tokenizer, heldout_dir, swapped_dir, cfg.pipeline
+        ),
     }
 
 
-def _swap_images(data_dir: str, out_dir: str) -> str:
+def swap_images(data_dir: str, out_dir: str) -> str:
     """The records of ``data_dir`` written to ``out_dir`` with each item's images swapped for those of another
     item whose images have the same sizes (a rotation within each size group), so that batches pack exactly as
     before and only the pixels change."""
@@ -129,6 +133,7 @@ def _swap_images(data_dir: str, out_dir: str) -> str:
         images = [recs[i].images for i in idx]
         for j, i in enumerate(idx):
             recs[i].images = images[(j + 1) % len(idx)]
+    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{SHARD_PREFIX}-00000-of-00001")
     writer = ArrayRecordWriter(path, WRITER_OPTIONS)
     for rec in recs:
@@ -137,14 +142,16 @@ def _swap_images(data_dir: str, out_dir: str) -> str:
     return out_dir
 
 
-def image_reliance(model, tokenizer, data_dir: str, pipeline, num_batches: int = 16) -> dict:
-    """Held-out SFT loss (token mean over the first ``num_batches`` packed batches of ``data_dir``) with each
-    item's own images and with another item's images of the same size. A model that reads its images predicts
-    the image-dependent tokens (object lists, chart values) worse from the wrong picture; a gap near 0 means it
-    answers from the text alone, whatever its accuracy. (Blank images would not tell: an all-zero image is out
-    of distribution, so even a model that only notices *that* an image is there gets worse on it.)"""
+def image_reliance(
+    model, tokenizer, data_dir: str, swapped_dir: str, pipeline, num_batches: int = 16
+) -> dict:
+    """Held-out SFT loss (token mean over the first ``num_batches`` packed batches) on ``data_dir`` and on
+    ``swapped_dir`` (:func:`swap_images` of it: each item with another item's images of the same size). A model
+    that reads its images predicts the image-dependent tokens (object lists, chart values) worse from the wrong
+    picture; a gap near 0 means it answers from the text alone, whatever its accuracy. (Blank images would not
+    tell: an all-zero image is out of distribution, so even a model that only notices *that* an image is there
+    gets worse on it.)"""
     import itertools
-    import tempfile
 
     from r1ov_jax.data.pipeline import sft_dataset
     from r1ov_jax.train.sft import eval_step
@@ -153,16 +160,13 @@ def image_reliance(model, tokenizer, data_dir: str, pipeline, num_batches: int =
     p.shuffle, p.num_epochs, p.worker_count = False, 1, 0
     geometry = model.cfg.vision.geometry()
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for key, path in (("loss", data_dir), ("loss_swapped_images", _swap_images(data_dir, tmp))):
-            total, tokens = 0.0, 0.0
-            for batch in itertools.islice(
-                iter(sft_dataset(path, tokenizer, p, geometry=geometry)), num_batches
-            ):
-                aux = eval_step(model, batch)
-                total += float(aux["loss"]) * float(aux["tokens"])
-                tokens += float(aux["tokens"])
-            out[key] = total / max(tokens, 1.0)
+    for key, path in (("loss", data_dir), ("loss_swapped_images", swapped_dir)):
+        total, tokens = 0.0, 0.0
+        for batch in itertools.islice(iter(sft_dataset(path, tokenizer, p, geometry=geometry)), num_batches):
+            aux = eval_step(model, batch)
+            total += float(aux["loss"]) * float(aux["tokens"])
+            tokens += float(aux["tokens"])
+        out[key] = total / max(tokens, 1.0)
     return {**out, "gap": out["loss_swapped_images"] - out["loss"]}
 
 
@@ -234,12 +238,11 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     t = time.perf_counter()
     eval_dirs = {k: os.path.join(out, "eval", k) for k in ("sft", "sft_continued", "grpo")}
     run_dirs = {"sft": sft_dir, "sft_continued": sftc_dir, "grpo": grpo_dir}
-    scores = {k: _eval(run_dirs[k], data["heldout"], eval_dirs[k], cfg) for k in eval_dirs}
-    for k in scores:
-        loaded = runs.load(run_dirs[k])
-        scores[k]["image_reliance"] = image_reliance(
-            loaded.model, loaded.tokenizer, data["heldout"], cfg.pipeline
-        )
+    with (
+        tempfile.TemporaryDirectory() as swapped
+    ):  # the held-out items with each other's images, written once
+        swap_images(data["heldout"], swapped)
+        scores = {k: _eval(run_dirs[k], data["heldout"], swapped, eval_dirs[k], cfg) for k in eval_dirs}
     timings["eval_s"] = time.perf_counter() - t
 
     grpo = runs.load(grpo_dir)

@@ -44,12 +44,16 @@ def test_image_reliance_tells_an_image_blind_model_from_one_that_reads(tiny_hf_d
     synthesize(str(tmp_path / "data"), 6, types=["scene", "chart"], progress=False)
     loaded = runs.load(str(tiny_hf_dir / "hf"))
     pipeline = demo.default_demo_config().pipeline
-    reads = demo.image_reliance(loaded.model, loaded.tokenizer, str(tmp_path / "data"), pipeline)
+    data, swapped = (
+        str(tmp_path / "data"),
+        demo.swap_images(str(tmp_path / "data"), str(tmp_path / "swapped")),
+    )
+    reads = demo.image_reliance(loaded.model, loaded.tokenizer, data, swapped, pipeline)
     assert math.isfinite(reads["loss"]) and abs(reads["gap"]) > 1e-4  # random vision weights: pixels matter
     assert reads["gap"] == pytest.approx(reads["loss_swapped_images"] - reads["loss"])
     merger = loaded.model.visual.merger.mlp2  # cut the image path: every image feature is 0
     merger.kernel[...] = 0.0 * merger.kernel[...]
     merger.bias[...] = 0.0 * merger.bias[...]
-    blind = demo.image_reliance(loaded.model, loaded.tokenizer, str(tmp_path / "data"), pipeline)
+    blind = demo.image_reliance(loaded.model, loaded.tokenizer, data, swapped, pipeline)
     assert blind["gap"] == pytest.approx(0.0, abs=1e-6)
     assert blind["loss"] != pytest.approx(reads["loss"], abs=1e-6)  # the model did change
