@@ -107,7 +107,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx
 def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> nnx.Optimizer:
     """Each optimizer leaf (Adam moments, ...) takes the sharding of the parameter whose path it ends with;
     scalars (counts, step) are replicated; placeholders that hold no array (optax's ``MaskedNode`` where a
-    frozen group has no state) stay as they are."""
+    masked transform keeps no state) stay as they are."""
     by_path = {
         tuple(str(k) for k in path): v[...].sharding
         for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))

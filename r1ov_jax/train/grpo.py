@@ -155,7 +155,8 @@ def grpo_update(
             aux["is_weight"] = masked_mean(weights, mask)
         return loss, aux
 
-    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    wrt = nnx.DiffState(0, optimizer.wrt)  # LoRA adapters / unfrozen groups only
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True, argnums=wrt)(model)
     optimizer.update(model, grads)
     return aux
 

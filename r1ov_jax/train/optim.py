@@ -58,10 +58,9 @@ def updates(cfg: ml_collections.ConfigDict, steps: int) -> int:
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """AdamW chain; ``total_steps`` counts training (micro-)steps. With ``grad_accum = k`` the inner optimizer
-    updates every k steps, so its schedule spans ``total_steps // k`` updates."""
-    unknown = set(cfg.freeze) - set(GROUPS)
-    if unknown:
-        raise InvalidInputError(f"optim.freeze has unknown groups {sorted(unknown)}; choose from {GROUPS}")
+    updates every k steps, so its schedule spans ``total_steps // k`` updates. ``cfg.freeze`` is applied by
+    :func:`trainable` (what is differentiated and gets state), not here."""
+    _check_groups("optim.freeze", cfg.freeze)
     mult = {str(k): float(v) for k, v in dict(cfg.get("lr_mult") or {}).items()}
     unknown = set(mult) - set(GROUPS)
     if unknown or any(v <= 0 for v in mult.values()):
@@ -78,18 +77,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
             weight_decay=cfg.weight_decay,
         ),
     )
-    frozen = set(cfg.freeze)
-    scaled = {g: f for g, f in mult.items() if g not in frozen and f != 1.0}
+    scaled = {g: f for g, f in mult.items() if g not in set(cfg.freeze) and f != 1.0}
     if scaled:  # an AdamW update is lr-proportional: scaling it is the group's lr (and decay) times f
         per_group = {g: optax.scale(f) for g, f in scaled.items()} | {"rest": optax.identity()}
-        tx = optax.chain(tx, optax.multi_transform(per_group, lambda params: _labels(params, set(), scaled)))
-    if frozen:
-        tx = optax.multi_transform(
-            {"train": tx, "frozen": optax.set_to_zero()}, lambda params: _labels(params, frozen)
-        )
+        tx = optax.chain(tx, optax.multi_transform(per_group, lambda params: _labels(params, scaled)))
     if cfg.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
     return tx
+
+
+def _check_groups(name: str, groups) -> None:
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise InvalidInputError(f"{name} has unknown groups {sorted(unknown)}; choose from {GROUPS}")
 
 
 def _key_name(k) -> str:
@@ -99,26 +99,31 @@ def _key_name(k) -> str:
     return str(k)
 
 
-def _labels(params, frozen: set[str], scaled: dict | None = None):
-    """Per leaf: "frozen" / "train" (freezing), or the group name / "rest" (``scaled``: lr multipliers)."""
+def _labels(params, scaled: dict):
+    """Per leaf: its group's name where the group has an lr multiplier, else "rest"."""
 
     def label(path, _):
         group = param_group(tuple(_key_name(k) for k in path))
-        if scaled is not None:
-            return group if group in scaled else "rest"
-        return "frozen" if group in frozen else "train"
+        return group if group in scaled else "rest"
 
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def trainable(model: nnx.Module):
-    """What training updates (and differentiates): the adapters of a LoRA model, else every parameter."""
+def trainable(model: nnx.Module, freeze=()):
+    """What training updates and differentiates: the adapters of a LoRA model, else every parameter, less the
+    parameters of the ``freeze`` groups. Frozen groups get no gradient at all (no backward pass through a frozen
+    tower) and no optimizer state."""
     from r1ov_jax.models import lora
 
-    return lora.trainable(model)
+    _check_groups("optim.freeze", freeze)
+    base = lora.trainable(model)
+    if not freeze:
+        return base
+    frozen = set(freeze)
+    return nnx.All(base, lambda path, _: param_group(tuple(_key_name(k) for k in path)) not in frozen)
 
 
 def make_nnx_optimizer(model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int) -> nnx.Optimizer:
-    """Optimizer state for :func:`trainable` only: a LoRA model's frozen base gets none. ``update`` filters the
-    gradients by the same filter, so a trainer that differentiates every parameter still updates only these."""
-    return nnx.Optimizer(model, make_optimizer(cfg, total_steps), wrt=trainable(model))
+    """Optimizer state for :func:`trainable` only (LoRA base weights and frozen groups get none). The trainers
+    differentiate the same filter, so the gradients match the state."""
+    return nnx.Optimizer(model, make_optimizer(cfg, total_steps), wrt=trainable(model, cfg.freeze))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from r1ov_jax.train.loop import TrainingRun
 from r1ov_jax.train.losses import token_logprobs
-from r1ov_jax.train.optim import make_nnx_optimizer, trainable
+from r1ov_jax.train.optim import make_nnx_optimizer
 
 MODEL_KEYS = ("input_ids", "segment_ids", "positions", "pixel_values", "vision")
 
@@ -54,8 +54,8 @@ def sft_loss(model, batch: dict, chunk_size: int = 1024) -> tuple[jax.Array, dic
 
 @nnx.jit(donate_argnums=(0, 1))
 def train_step(model, optimizer, batch):
-    # gradients of the trainable params only (a LoRA model's adapters): no base-weight gradients exist
-    wrt = nnx.DiffState(0, trainable(model))
+    # gradients of what the optimizer updates only (LoRA adapters; no frozen group): no others are computed
+    wrt = nnx.DiffState(0, optimizer.wrt)
     (_, aux), grads = nnx.value_and_grad(sft_loss, has_aux=True, argnums=wrt)(model, batch)
     optimizer.update(model, grads)
     aux["grad_norm"] = optax.global_norm(grads)

@@ -80,7 +80,7 @@ def _train(shape, steps=3):
 
 
 def test_frozen_groups_shard_and_stay_put():
-    # optax gives a frozen group MaskedNode placeholders instead of state: sharding must pass them through
+    # frozen groups have no gradient and no optimizer state; the sharded step must leave them in place
     mesh = make_mesh(2, 2, 2)
     model = create_sharded(_model, mesh)
     cfg = default_optim_config()
