@@ -360,6 +360,7 @@ def cmd_demo(args, overrides):
             apply_override(cfg, o)
     summary = run_demo(cfg, args.out)
     print(json.dumps(summary, indent=2))
+    return 1 if summary.get("preempted") else 0  # stopped by a signal: the demo did not finish
 
 
 def cmd_preflight(args, overrides):

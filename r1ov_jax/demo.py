@@ -211,11 +211,13 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     sft_dir, grpo_dir = os.path.join(out, "sft"), os.path.join(out, "grpo")
     sftc_dir = os.path.join(out, "sft_continued")
     t = time.perf_counter()
-    recipes.run_sft_stage(cfg, sft_dir, progress=progress)
+    if _preempted(recipes.run_sft_stage(cfg, sft_dir, progress=progress)):
+        return {"preempted": True, "stage": "sft", "run_dir": sft_dir}
     timings["sft_s"] = time.perf_counter() - t
     cfg.rl.init_from = sft_dir
     t = time.perf_counter()
-    recipes.run_grpo_stage(cfg, grpo_dir, progress=progress)
+    if _preempted(recipes.run_grpo_stage(cfg, grpo_dir, progress=progress)):
+        return {"preempted": True, "stage": "grpo", "run_dir": grpo_dir}
     timings["grpo_s"] = time.perf_counter() - t
 
     # The fair baseline: the same SFT run resumed from its last checkpoint (optimizer state, data position) for
@@ -231,7 +233,8 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     shutil.copytree(sft_dir, sftc_dir)
     cfg.sft.train.steps = sft_steps + extra
     t = time.perf_counter()
-    recipes.run_sft_stage(cfg, sftc_dir, progress=progress)
+    if _preempted(recipes.run_sft_stage(cfg, sftc_dir, progress=progress)):
+        return {"preempted": True, "stage": "sft_continued", "run_dir": sftc_dir}
     timings["sft_continued_s"] = time.perf_counter() - t
     cfg.sft.train.steps = sft_steps
 
@@ -290,6 +293,12 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     }  # fmt: skip
     save_json_atomic(os.path.join(out, "summary.json"), summary)
     return summary
+
+
+def _preempted(result) -> bool:
+    """A stage stopped by SIGTERM / SIGINT saved its checkpoint and returned early: the demo stops there too
+    (the next stage would otherwise start from a half-trained run)."""
+    return isinstance(result, dict) and bool(result.get("preempted"))
 
 
 def _paired(baseline_dir: str, treated_dir: str) -> dict:

@@ -57,3 +57,24 @@ def test_image_reliance_tells_an_image_blind_model_from_one_that_reads(tiny_hf_d
     blind = demo.image_reliance(loaded.model, loaded.tokenizer, data, swapped, pipeline)
     assert blind["gap"] == pytest.approx(0.0, abs=1e-6)
     assert blind["loss"] != pytest.approx(reads["loss"], abs=1e-6)  # the model did change
+
+
+def test_a_stage_stopped_by_a_signal_stops_the_demo(tmp_path, monkeypatch):
+    # SIGTERM / SIGINT make a stage save and return {"preempted": True}: GRPO must not start from that half run
+    from r1ov_jax.train import recipes
+
+    started = []
+
+    def sft_stage(cfg, out_dir, progress=True):
+        started.append(("sft", out_dir))
+        return {"preempted": True, "step": 3}
+
+    monkeypatch.setattr(recipes, "run_sft_stage", sft_stage)
+    monkeypatch.setattr(recipes, "run_grpo_stage", lambda *a, **k: started.append(("grpo", a[1])))
+    cfg = demo.default_demo_config()
+    d = cfg.demo
+    d.train_items, d.heldout_items, d.rl_items, d.workers, d.vocab_size = 24, 4, 4, 1, 600
+    out = demo.run_demo(cfg, str(tmp_path / "demo"), progress=False)
+    assert out == {"preempted": True, "stage": "sft", "run_dir": str(tmp_path / "demo" / "sft")}
+    assert [s for s, _ in started] == ["sft"]
+    assert not (tmp_path / "demo" / "summary.json").exists()
