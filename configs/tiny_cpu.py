@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     p.min_pixels, p.max_pixels = 28 * 28 * 4, 28 * 28 * 48
     p.seq_len, p.batch_size, p.max_patches = 512, 4, 1024  # max_patches per row: 5 images of 192 patches
     p.prompt_batch_size, p.worker_count = 4, 0
-    p.max_prompt_len, p.max_prompt_patches = 192, 192  # static prompt shapes (per prompt): one sampler compile
+    p.max_prompt_len, p.max_prompt_patches = 192, 192  # static prompt shapes: one sampler compile
     p.sft_suffix = True  # one prompt format for SFT, GRPO and evaluation
     cfg.model.preset = "tiny"
     cfg.model.text = ml_collections.ConfigDict(
