@@ -241,9 +241,8 @@ def run_demo(cfg: ml_collections.ConfigDict, out: str, progress: bool = True) ->
     t = time.perf_counter()
     eval_dirs = {k: os.path.join(out, "eval", k) for k in ("sft", "sft_continued", "grpo")}
     run_dirs = {"sft": sft_dir, "sft_continued": sftc_dir, "grpo": grpo_dir}
-    with (
-        tempfile.TemporaryDirectory() as swapped
-    ):  # the held-out items with each other's images, written once
+    # the held-out items with each other's images, written once for the three evaluations
+    with tempfile.TemporaryDirectory() as swapped:
         swap_images(data["heldout"], swapped)
         scores = {k: _eval(run_dirs[k], data["heldout"], swapped, eval_dirs[k], cfg) for k in eval_dirs}
     timings["eval_s"] = time.perf_counter() - t

@@ -96,10 +96,9 @@ def abstract_optimizer(mcfg, model, optim_cfg, total_steps: int, mesh):
                     return by_path[keys[start:]]
         return rep
 
-    flat = [  # leaves without an array (optax's MaskedNode of a masked transform) are left as they are
+    flat = [
         (p, v.replace(sds(v.get_value(), sharding_for(p, v.get_value()))))
         for p, v in nnx.to_flat_state(nnx.state(opt))
-        if hasattr(v.get_value(), "ndim")
     ]
     nnx.update(opt, nnx.from_flat_state(flat))
     return opt

@@ -106,8 +106,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: dict | None = None) -> nnx
 
 def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> nnx.Optimizer:
     """Each optimizer leaf (Adam moments, ...) takes the sharding of the parameter whose path it ends with;
-    scalars (counts, step) are replicated; placeholders that hold no array (optax's ``MaskedNode`` where a
-    masked transform keeps no state) stay as they are."""
+    scalars (counts, step) are replicated."""
     by_path = {
         tuple(str(k) for k in path): v[...].sharding
         for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
@@ -125,7 +124,6 @@ def shard_optimizer(optimizer: nnx.Optimizer, model: nnx.Module, mesh: Mesh) -> 
     flat = [
         (path, _put(v[...], sharding_for(path, v[...])))
         for path, v in nnx.to_flat_state(nnx.state(optimizer))
-        if hasattr(v.get_value(), "ndim")
     ]
     nnx.update(optimizer, nnx.from_flat_state(flat))
     return optimizer

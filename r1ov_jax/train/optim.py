@@ -59,8 +59,7 @@ def updates(cfg: ml_collections.ConfigDict, steps: int) -> int:
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """AdamW chain; ``total_steps`` counts training (micro-)steps. With ``grad_accum = k`` the inner optimizer
     updates every k steps, so its schedule spans ``total_steps // k`` updates. ``cfg.freeze`` is applied by
-    :func:`trainable` (what is differentiated and gets state), not here."""
-    _check_groups("optim.freeze", cfg.freeze)
+    :func:`trainable` (frozen parameters are never handed to this transform), not here."""
     mult = {str(k): float(v) for k, v in dict(cfg.get("lr_mult") or {}).items()}
     unknown = set(mult) - set(GROUPS)
     if unknown or any(v <= 0 for v in mult.values()):
@@ -77,19 +76,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
             weight_decay=cfg.weight_decay,
         ),
     )
-    scaled = {g: f for g, f in mult.items() if g not in set(cfg.freeze) and f != 1.0}
+    scaled = {g: f for g, f in mult.items() if f != 1.0}
     if scaled:  # an AdamW update is lr-proportional: scaling it is the group's lr (and decay) times f
         per_group = {g: optax.scale(f) for g, f in scaled.items()} | {"rest": optax.identity()}
         tx = optax.chain(tx, optax.multi_transform(per_group, lambda params: _labels(params, scaled)))
     if cfg.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum)
     return tx
-
-
-def _check_groups(name: str, groups) -> None:
-    unknown = set(groups) - set(GROUPS)
-    if unknown:
-        raise InvalidInputError(f"{name} has unknown groups {sorted(unknown)}; choose from {GROUPS}")
 
 
 def _key_name(k) -> str:
@@ -99,11 +92,16 @@ def _key_name(k) -> str:
     return str(k)
 
 
+def _group_of(path) -> str:
+    """``param_group`` of a JAX / NNX tree path (its keys as names)."""
+    return param_group(tuple(_key_name(k) for k in path))
+
+
 def _labels(params, scaled: dict):
     """Per leaf: its group's name where the group has an lr multiplier, else "rest"."""
 
     def label(path, _):
-        group = param_group(tuple(_key_name(k) for k in path))
+        group = _group_of(path)
         return group if group in scaled else "rest"
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -115,12 +113,15 @@ def trainable(model: nnx.Module, freeze=()):
     tower) and no optimizer state."""
     from r1ov_jax.models import lora
 
-    _check_groups("optim.freeze", freeze)
-    base = lora.trainable(model)
-    if not freeze:
-        return base
     frozen = set(freeze)
-    return nnx.All(base, lambda path, _: param_group(tuple(_key_name(k) for k in path)) not in frozen)
+    if frozen - set(GROUPS):
+        raise InvalidInputError(
+            f"optim.freeze has unknown groups {sorted(frozen - set(GROUPS))}; choose from {GROUPS}"
+        )
+    base = lora.trainable(model)
+    if not frozen:
+        return base
+    return nnx.All(base, lambda path, _: _group_of(path) not in frozen)
 
 
 def make_nnx_optimizer(model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int) -> nnx.Optimizer:
