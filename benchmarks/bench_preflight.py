@@ -27,9 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGIES = ("v5p-8", "v5p-64", "v5e-256", "v6e-64")
 
 # Per-topology launch recipes for the paper configs, keeping the paper's global batch (SFT: rows x grad_accum
-# = 128; GRPO: 16 prompts x G 8 = 128 completions). The shipped configs are the v5p-64 recipe. Batch rows
-# shard over (data, fsdp): on 256 chips 128 rows need fsdp 128 x tensor 2 (else every chip runs the whole
-# replicated batch). launch/README.md prints these next to the preflight table.
+# = 128; GRPO: 16 prompts x G 8 = 128 completions) where the slice allows. The shipped configs are the v5p-64
+# recipe. Batch rows shard over (data, fsdp), which must divide them (a multi-host run refuses a batch it cannot
+# split): on 256 chips 128 SFT rows need fsdp 128 x tensor 2, and 16 GRPO prompts at most 16 batch shards, so
+# the rest of the chips go to the tensor axis (it must divide the attention heads: 28 for the 7B, so <= 4);
+# v5e-256 GRPO therefore draws 64 prompts a step (4x the paper's; steps 157 for the same 10k prompts).
+# launch/README.md prints these next to the preflight table.
 RECIPES = {
     ("sft", "v5p-8"): ["pipeline.batch_size=4", "sft.optim.grad_accum=32"],
     ("sft", "v5e-256"): [
@@ -39,7 +42,14 @@ RECIPES = {
         "sft.optim.grad_accum=1",
     ],
     ("sft", "v6e-64"): ["pipeline.batch_size=64", "sft.optim.grad_accum=2"],
-    ("grpo", "v5e-256"): ["mesh.fsdp=128", "mesh.tensor=2"],
+    ("grpo", "v5p-8"): ["mesh.tensor=1"],
+    ("grpo", "v5e-256"): [
+        "pipeline.prompt_batch_size=64",
+        "rl.train.steps=157",
+        "mesh.fsdp=64",
+        "mesh.tensor=4",
+    ],
+    ("grpo", "v6e-64"): ["mesh.tensor=4"],
 }
 
 

@@ -26,10 +26,10 @@ def get_config(size: str = "7b") -> ml_collections.ConfigDict:
     # sampler decodes with remat off (nothing to save there).
     cfg.model.remat = True
     cfg.model.scan_layers = True  # one lax.scan per tower (not the KV-cache decode): minutes to compile
-    cfg.mesh.data, cfg.mesh.fsdp = (
-        1,
-        -1,
-    )  # FSDP over every chip: params, policy/reference copies and Adam sharded
+    # Prompts shard over data x fsdp, which must divide the 16 prompts of a step (a multi-host run refuses a batch
+    # it cannot split; one host replicates it): on v5p-64 fsdp 16 x tensor 2. Params, policy/reference copies
+    # and Adam are sharded over both axes. Other slices: launch/README.md.
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 2
     cfg.pipeline.max_pixels = 768 * 768
     cfg.pipeline.prompt_batch_size = 16  # prompts per step; x G = 128 completions
     # Static prompt shapes: one sampler / log-prob compile per run (None = longest in the batch recompiles

@@ -150,6 +150,18 @@ def test_oom_is_one_error_line(capsys):
     assert "model.remat" in lines[0] and "mesh" in lines[0]
 
 
+def test_batch_the_slice_cannot_split_is_one_error_line_before_compiling(capsys):
+    """4 prompts on v5e-32 (8 hosts, 32 batch shards): the trainers would refuse the batch on 8 processes, so
+    preflight says so in one line, exit 2, without compiling."""
+    rc = main(["preflight", *TINY, "--topology", "v5e-32", "--stage", "grpo"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "grpo cannot run on v5e-32 (8 hosts)" in lines[0] and "pipeline.prompt_batch_size=4" in lines[0]
+    assert preflight.parse_topology("v5p-64").hosts == 8 and preflight.parse_topology("v5e-8").hosts == 1
+
+
 def test_oom_message_bytes():
     text = (
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (251.19G) "

@@ -12,6 +12,7 @@ from r1ov_jax.errors import InvalidInputError
 from r1ov_jax.preflight.compile import PhaseReport, make_target
 from r1ov_jax.preflight.stages import preflight_grpo, preflight_sft
 from r1ov_jax.preflight.topology import GiB, Topology, parse_topology
+from r1ov_jax.sharding import batch_split_problem
 
 
 def stage_summary(phases: list[PhaseReport], topo: Topology) -> dict:
@@ -70,11 +71,19 @@ def run(
         "mesh": mesh, "remat": target.mcfg.remat, "scan_layers": target.mcfg.scan_layers, "attn_impl": target.mcfg.attn_impl,
         "attn_impl_config": cfg.model.attn_impl,
         "params": dataclasses.asdict(target.counts) | {"total": target.counts.total},
-        "stages": {}, "distinct_compiled_shapes": {}, "warnings": [],
+        "hosts": topo.hosts, "stages": {}, "distinct_compiled_shapes": {}, "warnings": [],
     }  # fmt: skip
+    batch = {"sft": "batch_size", "grpo": "prompt_batch_size"}
     for name, fn in (("sft", preflight_sft), ("grpo", preflight_grpo)):
         if stage not in (name, "all"):
             continue
+        # the trainers' start-up check (recipes.check_batch_split) for this slice's processes, before compiling
+        what = f"pipeline.{batch[name]}"
+        split = batch_split_problem(what, int(cfg.pipeline[batch[name]]), mesh, topo.hosts)
+        if split and split[0]:
+            raise InvalidInputError(f"{name} cannot run on {topo.name} ({topo.hosts} hosts): {split[1]}")
+        if split:
+            report["warnings"].append(f"{name}: {split[1]}")
         res = fn(cfg, target)
         report["stages"][name] = stage_summary(res["phases"], topo)
         if name == "sft":
@@ -194,7 +203,8 @@ def cli(
     loop_flops: bool = True,
 ) -> int:  # fmt: skip
     """``r1ov preflight``: prints the table, writes ``--json``; a config that does not fit raises one
-    ``InvalidInputError`` line (exit 2)."""
+    ``InvalidInputError`` line (exit 2), and so, before any compile, does a batch the slice's processes cannot
+    split over the mesh (`sharding.batch_split_problem`)."""
     from r1ov_jax.config_utils import load_config
 
     if not config_path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 
 from r1ov_jax.errors import InvalidInputError, MissingInputError
@@ -48,6 +49,11 @@ class Topology:
     @property
     def hbm_bytes(self) -> int:
         return self.generation.hbm_bytes
+
+    @property
+    def hosts(self) -> int:
+        """Processes of a run on this slice (one per host of ``chips_per_host_bounds`` chips)."""
+        return max(1, self.chips // math.prod(self.chips_per_host_bounds))
 
 
 def parse_topology(name: str) -> Topology:

@@ -2,6 +2,7 @@
 
 from r1ov_jax.sharding.mesh import (
     batch_sharding,
+    batch_split_problem,
     create_sharded,
     host_local_rows,
     default_mesh_config,
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_RULES",
     "activation_sharding",
     "batch_sharding",
+    "batch_split_problem",
     "constrain",
     "create_sharded",
     "host_local_rows",

@@ -150,6 +150,32 @@ def host_local_rows(x) -> np.ndarray:
     return np.concatenate([np.asarray(by_start[k]) for k in sorted(by_start)])
 
 
+def batch_split_problem(what: str, rows: int, mesh_axes: dict, processes: int = 1) -> tuple[bool, str] | None:
+    """Why a global batch of ``rows`` does not split over the mesh's batch shards (data x fsdp), or None.
+
+    Returns ``(fatal, message)``: with several processes `shard_batch` (and `per_process`) refuse such a batch,
+    so it is fatal; on one process it is replicated, and every chip then runs the forward pass (vision tower
+    included) over all of its rows. The trainers check at start-up, ``r1ov preflight`` for the target topology.
+    """
+    shards = int(mesh_axes["data"]) * int(mesh_axes["fsdp"])
+    if rows % shards == 0 and rows % processes == 0:
+        return None
+    mesh = "x".join(str(mesh_axes[a]) for a in AXES)
+    fix = (
+        f"choose mesh.data x mesh.fsdp dividing {rows} (mesh.tensor takes the remaining chips; it must divide "
+        f"the attention heads) or a batch that is a multiple of {shards}"
+    )
+    if processes > 1:
+        return True, (
+            f"{what}={rows} rows cannot be split over the {shards} data x fsdp shards of mesh {mesh} "
+            f"(data x fsdp x tensor) on {processes} processes: the run would stop at its first batch; {fix}"
+        )
+    return False, (
+        f"{what}={rows} rows do not divide over the {shards} data x fsdp shards of mesh {mesh}: the batch is "
+        f"replicated and every chip computes all {rows} rows (vision tower included); {fix}"
+    )
+
+
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
     """Host-local batch → global arrays split over (data, fsdp) on the batch axis.
 

@@ -88,9 +88,23 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.C
     return view
 
 
+def check_batch_split(mesh, what: str, rows: int) -> None:
+    """At start-up, before weights are read: a batch the mesh's batch shards do not divide stops a multi-process
+    run (`sharding.batch_split_problem`) and is replicated (a warning) on one process."""
+    from r1ov_jax.sharding import batch_split_problem
+
+    problem = mesh is not None and batch_split_problem(what, int(rows), dict(mesh.shape), jax.process_count())
+    if problem:
+        fatal, msg = problem
+        if fatal:
+            raise InvalidInputError(msg)
+        log.warning("%s", msg)
+
+
 def run_sft_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, progress: bool = True) -> dict:
     out_dir = out_dir or cfg.sft.train.out_dir
     mesh = make_mesh_if_needed(cfg)
+    check_batch_split(mesh, "pipeline.batch_size", cfg.pipeline.batch_size)
     tok = load_tokenizer(cfg)
     model = build_model(cfg.model, tok)
     geometry = model.cfg.vision.geometry()
@@ -137,6 +151,7 @@ def run_grpo_stage(cfg: ml_collections.ConfigDict, out_dir: str | None = None, p
     # options and rewards checked (user rewards imported and dry-run) before anything is built
     opts, _ = grpo_lib.check_config(stage_config(cfg, "rl"), cfg.pipeline.prompt_batch_size)
     mesh = make_mesh_if_needed(cfg)
+    check_batch_split(mesh, "pipeline.prompt_batch_size", cfg.pipeline.prompt_batch_size)
     if cfg.rl.init_from:  # an SFT run directory (the paper starts RL from the SFT model)
         loaded = runs.load(cfg.rl.init_from, attn_impl=cfg.model.attn_impl, remat=cfg.model.remat)
         loaded.model.set_runtime(scan_layers=bool(cfg.model.scan_layers))

@@ -178,6 +178,34 @@ def test_mesh_shape_resolution_and_errors():
         mesh_shape(3, 2, 2, num_devices=8)
 
 
+def test_batch_split_problem(caplog):
+    """A batch the data x fsdp shards do not divide: replicated on one process (warning), refused on several
+    (shard_batch / per_process would stop the run at its first batch); the trainers check before loading."""
+    from r1ov_jax.errors import InvalidInputError
+    from r1ov_jax.sharding import batch_split_problem
+    from r1ov_jax.train.recipes import check_batch_split
+
+    v5p64 = dict(data=1, fsdp=32, tensor=1)
+    assert batch_split_problem("pipeline.prompt_batch_size", 32, v5p64, processes=8) is None
+    assert batch_split_problem("pipeline.prompt_batch_size", 16, dict(data=1, fsdp=16, tensor=2), 8) is None
+    fatal, msg = batch_split_problem("pipeline.prompt_batch_size", 16, v5p64, processes=8)
+    assert fatal and "prompt_batch_size=16" in msg and "32 data x fsdp shards" in msg and "1x32x1" in msg
+    fatal, msg = batch_split_problem("pipeline.prompt_batch_size", 16, v5p64, processes=1)
+    assert not fatal and "replicated" in msg
+    # divisible by the shards but not by the processes: per_process refuses it too
+    assert batch_split_problem("pipeline.batch_size", 4, dict(data=2, fsdp=1, tensor=1), processes=8)[0]
+
+    mesh = make_mesh(-1, 1, 1)  # 8 devices, one process: a warning, the run goes on
+    with caplog.at_level("WARNING"):
+        check_batch_split(mesh, "pipeline.batch_size", 4)
+    assert "replicated and every chip computes all 4 rows" in caplog.text
+    check_batch_split(None, "pipeline.batch_size", 3)  # no mesh: nothing to split
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax, "process_count", lambda: 2)
+        with pytest.raises(InvalidInputError, match="on 2 processes"):
+            check_batch_split(mesh, "pipeline.batch_size", 4)
+
+
 def test_shard_model_in_place():
     mesh = make_mesh(2, 2, 2)
     model = shard_model(_model(), mesh)
