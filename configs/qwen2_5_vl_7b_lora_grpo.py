@@ -19,6 +19,7 @@ def get_config(size: str = "7b"):
     lc = cfg.model.lora
     lc.rank, lc.alpha = 64, 128.0
     cfg.rl.grpo.num_minibatches = 4
+    cfg.mesh.tensor = 1  # one host of 8 chips: fsdp 8 divides the 16 prompts (the pod recipe adds tensor 2)
     cfg.rl.optim.lr = 1e-5
     cfg.rl.train.out_dir = f"runs/qwen2_5_vl_{size}_lora_grpo"
     return cfg
