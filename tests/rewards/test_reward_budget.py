@@ -120,13 +120,15 @@ DEGENERATE = {
 @pytest.mark.parametrize("text", list(DEGENERATE.values()), ids=list(DEGENERATE))
 @pytest.mark.parametrize("choices", [None, ["1", "2", "3", "4"]], ids=["free", "mc"])
 def test_score_answer_on_1mb_degenerate_output(text, choices):
-    t0 = time.monotonic()
+    # CPU time of this thread, not wall time: on a loaded CI host the wall clock measured the neighbours (2.07 s
+    # wall for 0.25 s of work). A quadratic scan of these inputs needs minutes either way.
+    t0 = time.thread_time()
     score = score_answer(text, "B" if choices else "3", choices)
-    assert time.monotonic() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
     assert not score.correct
-    t0 = time.monotonic()
+    t0 = time.thread_time()
     assert acc.accuracy_reward(text, "3") == 0.0 and format_reward(text) in (0.0, 1.0)
-    assert time.monotonic() - t0 < 2.0
+    assert time.thread_time() - t0 < 2.0
 
 
 @pytest.mark.parametrize(
@@ -146,10 +148,10 @@ def test_linear_format_reward_matches_the_regex(text):
 
 def test_format_reward_is_linear():
     # The regex needs minutes here (50k `</think><answer>` without a closing tag backtrack quadratically).
-    t0 = time.monotonic()
+    t0 = time.thread_time()
     assert format_reward("<think>" + "</think><answer>" * 50_000 + "x") == 0.0
     assert format_reward("<think>" + "</think><answer>" * 50_000 + "</answer>") == 1.0
-    assert time.monotonic() - t0 < 0.5
+    assert time.thread_time() - t0 < 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------- NaN
