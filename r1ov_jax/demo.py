@@ -81,24 +81,34 @@ def _eval(run_dir: str, heldout_dir: str, swapped_dir: str, out_dir: str, cfg) -
     from r1ov_jax.rewards import format_reward
 
     loaded = runs.load(run_dir)
-    summary = evaluate_model(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.image_processor,
-        heldout_dir,
-        out_dir,
-        batch_size=cfg.demo.eval_batch_size,
-        max_new_tokens=cfg.demo.eval_max_new_tokens,
-        fmt=loaded.prompt_format,  # the format the run recorded: the one it was trained with
-    )
+
+    def evaluate(data_dir, results_dir):
+        return evaluate_model(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.image_processor,
+            data_dir,
+            results_dir,
+            batch_size=cfg.demo.eval_batch_size,
+            max_new_tokens=cfg.demo.eval_max_new_tokens,
+            fmt=loaded.prompt_format,  # the format the run recorded: the one it was trained with
+        )
+
+    summary = evaluate(heldout_dir, out_dir)
+    # the same items, questions and golds with another item's pictures: what accuracy survives owes nothing
+    # to reading the image
+    swapped_results = os.path.join(out_dir, "swapped_images")
+    evaluate(swapped_dir, swapped_results)
     recs = load_results(out_dir)
     acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
     fmt = sum(format_reward(r["output"]) for r in recs) / max(len(recs), 1)
     # held-out reward with the training weights (format + accuracy), comparable between SFT and GRPO
     w = dict(cfg.rl.grpo.reward_weights or cfg.rl.rewards)
-    per_type = collections.defaultdict(list)  # by formalization type (the generator; ids are "<type>-<seed>")
-    for r in recs:
-        per_type[str(r["id"]).rsplit("-", 1)[0]].append(bool(r["correct"]))
+    swapped = load_results(swapped_results)
+    reliance = image_reliance(loaded.model, loaded.tokenizer, heldout_dir, swapped_dir, cfg.pipeline)
+    reliance["accuracy_swapped_images"] = sum(r["correct"] for r in swapped) / max(len(swapped), 1)
+    reliance["accuracy_swapped_per_type"] = _per_type(swapped)
+    reliance["own_vs_swapped_images"] = _paired(swapped_results, out_dir)
     return {
         "accuracy": acc,
         "format_rate": fmt,
@@ -106,11 +116,17 @@ def _eval(run_dir: str, heldout_dir: str, swapped_dir: str, out_dir: str, cfg) -
         "undecided": sum(bool(r.get("undecided")) for r in recs) / max(len(recs), 1),
         "n": len(recs),
         "ci95": summary["overall"].get("ci95"),
-        "per_type": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per_type.items())},
-        "image_reliance": image_reliance(
-            loaded.model, loaded.tokenizer, heldout_dir, swapped_dir, cfg.pipeline
-        ),
+        "per_type": _per_type(recs),
+        "image_reliance": reliance,
     }
+
+
+def _per_type(recs) -> dict:
+    """Accuracy by formalization type (the generator; ids are "<type>-<seed>")."""
+    per_type = collections.defaultdict(list)
+    for r in recs:
+        per_type[str(r["id"]).rsplit("-", 1)[0]].append(bool(r["correct"]))
+    return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per_type.items())}
 
 
 def swap_images(data_dir: str, out_dir: str) -> str:

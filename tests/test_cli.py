@@ -99,7 +99,13 @@ def test_mini_demo_end_to_end(tmp_path, capsys):
         assert key in summary
     for stage in ("sft", "sft_continued", "grpo"):
         assert {"accuracy", "format_rate", "reward"} <= set(summary[stage])
-        assert {"loss", "loss_swapped_images", "gap"} <= set(summary[stage]["image_reliance"])
+        assert {
+            "loss",
+            "loss_swapped_images",
+            "gap",
+            "accuracy_swapped_images",
+            "own_vs_swapped_images",
+        } <= set(summary[stage]["image_reliance"])
     assert all(os.path.exists(p) for p in summary["plots"]) and len(summary["plots"]) == 2
     ref, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(out / "hf"), dtype=torch.float32, attn_implementation="eager", output_loading_info=True

@@ -59,6 +59,42 @@ def test_image_reliance_tells_an_image_blind_model_from_one_that_reads(tiny_hf_d
     assert blind["loss"] != pytest.approx(reads["loss"], abs=1e-6)  # the model did change
 
 
+def test_eval_scores_the_swapped_images_too_and_a_blind_model_loses_nothing(tiny_hf_dir, tmp_path):
+    # Greedy accuracy with another item's pictures: a model whose image path is cut answers every item exactly
+    # as with its own images (gain 0, no flips); the random model, which reads pixels, answers some differently.
+    from r1ov_jax import hf, runs
+    from r1ov_jax.data.synth import synthesize
+    from r1ov_jax.runs import write_preprocessor_config
+
+    synthesize(str(tmp_path / "data"), 6, types=["scene", "chart"], progress=False)
+    data = str(tmp_path / "data")
+    swapped = demo.swap_images(data, str(tmp_path / "swapped"))
+    cfg = demo.default_demo_config()
+    cfg.demo.eval_max_new_tokens, cfg.demo.eval_batch_size = 12, 6
+    loaded = runs.load(str(tiny_hf_dir / "hf"))
+    merger = loaded.model.visual.merger.mlp2
+    merger.kernel[...] = 0.0 * merger.kernel[...]
+    merger.bias[...] = 0.0 * merger.bias[...]
+    hf.save_pretrained(loaded.model, str(tmp_path / "blind"), tokenizer=loaded.tokenizer)
+    write_preprocessor_config(str(tmp_path / "blind"), loaded.image_processor)
+
+    def outputs(directory):
+        return {r["id"]: r["output"] for r in map(json.loads, open(f"{directory}/results.jsonl"))}
+
+    for name, model_dir in (("reads", str(tiny_hf_dir / "hf")), ("blind", str(tmp_path / "blind"))):
+        out = tmp_path / "eval" / name
+        rel = demo._eval(model_dir, data, swapped, str(out), cfg)["image_reliance"]
+        own, other = outputs(out), outputs(out / "swapped_images")
+        assert own.keys() == other.keys() and len(own) == 6
+        pair = rel["own_vs_swapped_images"]
+        flips = pair["flips"]["wrong_to_right"] + pair["flips"]["right_to_wrong"]
+        assert pair["n"] == 6 and sum(v["n"] for v in rel["accuracy_swapped_per_type"].values()) == 6
+        if name == "blind":
+            assert own == other and flips == 0 and pair["gain"] == 0.0
+        else:
+            assert own != other
+
+
 def test_a_stage_stopped_by_a_signal_stops_the_demo(tmp_path, monkeypatch):
     # SIGTERM / SIGINT make a stage save and return {"preempted": True}: GRPO must not start from that half run
     from r1ov_jax.train import recipes
