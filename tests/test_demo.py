@@ -37,6 +37,13 @@ def test_series_helpers(tmp_path):
     assert demo._series(str(tmp_path / "missing.jsonl"), "x") == [] and demo._mean([]) is None
 
 
+def _cut_image_path(model):
+    """Zero the merger's last layer: every image feature is 0, so the model cannot tell images apart."""
+    merger = model.visual.merger.mlp2
+    merger.kernel[...] = 0.0 * merger.kernel[...]
+    merger.bias[...] = 0.0 * merger.bias[...]
+
+
 def test_image_reliance_tells_an_image_blind_model_from_one_that_reads(tiny_hf_dir, tmp_path):
     from r1ov_jax import runs
     from r1ov_jax.data.synth import synthesize
@@ -51,9 +58,7 @@ def test_image_reliance_tells_an_image_blind_model_from_one_that_reads(tiny_hf_d
     reads = demo.image_reliance(loaded.model, loaded.tokenizer, data, swapped, pipeline)
     assert math.isfinite(reads["loss"]) and abs(reads["gap"]) > 1e-4  # random vision weights: pixels matter
     assert reads["gap"] == pytest.approx(reads["loss_swapped_images"] - reads["loss"])
-    merger = loaded.model.visual.merger.mlp2  # cut the image path: every image feature is 0
-    merger.kernel[...] = 0.0 * merger.kernel[...]
-    merger.bias[...] = 0.0 * merger.bias[...]
+    _cut_image_path(loaded.model)
     blind = demo.image_reliance(loaded.model, loaded.tokenizer, data, swapped, pipeline)
     assert blind["gap"] == pytest.approx(0.0, abs=1e-6)
     assert blind["loss"] != pytest.approx(reads["loss"], abs=1e-6)  # the model did change
@@ -72,9 +77,7 @@ def test_eval_scores_the_swapped_images_too_and_a_blind_model_loses_nothing(tiny
     cfg = demo.default_demo_config()
     cfg.demo.eval_max_new_tokens, cfg.demo.eval_batch_size = 12, 6
     loaded = runs.load(str(tiny_hf_dir / "hf"))
-    merger = loaded.model.visual.merger.mlp2
-    merger.kernel[...] = 0.0 * merger.kernel[...]
-    merger.bias[...] = 0.0 * merger.bias[...]
+    _cut_image_path(loaded.model)
     hf.save_pretrained(loaded.model, str(tmp_path / "blind"), tokenizer=loaded.tokenizer)
     write_preprocessor_config(str(tmp_path / "blind"), loaded.image_processor)
 
